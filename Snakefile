@@ -1,0 +1,20 @@
+# LDPM benchmark pipeline. `snakemake --cores all` regenerates the tables from raw data.
+# Config: config.yaml (embedded default) or --configfile configs/paper.yaml. Every rule calls one `ldpm` stage.
+
+# A --configfile on the command line replaces config.yaml instead of being deep-merged into it, so a
+# config never inherits stray keys (e.g. test splits) from another.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        expand("results/tables/{table}_af{af}.{ext}", table=["table1", "table3"],
+               af=config["masks"]["accelerations"], ext=["csv", "md", "tex"]),

@@ -1,0 +1,4 @@
+from ldpm.cli import main
+import sys
+
+sys.exit(main())

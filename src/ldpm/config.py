@@ -1,0 +1,85 @@
+"""Config validation against workflow/schemas/config.schema.yaml: defaults filled, unknown keys and wrong types
+rejected with a one-line error naming the key. Values are data only; nothing in a config is ever executed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from ldpm import LdpmError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _fill_defaults(instance: dict, schema: dict) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(instance[key], sub)
+
+
+def _key_of(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return ".".join(filter(None, [path, unknown[0] if unknown else ""]))
+    return path or "(top level)"
+
+
+def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Return a validated copy of `config` with defaults filled in; raise LdpmError on the first problem."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    config = copy.deepcopy(config)
+    _fill_defaults(config, schema)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        if err.validator == "additionalProperties":
+            raise LdpmError(f"config key {_key_of(err)}: unknown key; check its spelling against "
+                            f"{Path(schema_path).name}")
+        raise LdpmError(f"config key {_key_of(err)}: {err.message}")
+    check_semantics(config)
+    return config
+
+
+def check_semantics(config: dict) -> None:
+    """Relations between keys that a JSON schema cannot state."""
+    data, masks = config["data"], config["masks"]
+    if data["image_size"] > data["crop_size"]:
+        raise LdpmError(f"config key data.image_size: {data['image_size']} > data.crop_size {data['crop_size']}; "
+                        f"images are only ever shrunk after cropping")
+    for af in [*masks["accelerations"], *masks["train"]["accelerations"]]:
+        if af <= 1:
+            raise LdpmError(f"config key masks.accelerations: acceleration {af} must be > 1 (e.g. 4 or 8)")
+    for af in masks["accelerations"]:
+        if af not in masks["center_fractions"]:
+            raise LdpmError(f"config key masks.center_fractions: no centre fraction for AF {af}; add '{af}: 0.04'")
+    if len(masks["train"]["accelerations"]) != len(masks["train"]["center_fractions"]):
+        raise LdpmError("config key masks.train.center_fractions: needs one value per masks.train.accelerations")
+    if config["main_split"] not in config["test_splits"]:
+        raise LdpmError(f"config key main_split: '{config['main_split']}' is not a test_splits entry")
+    if data["source"] == "fastmri":
+        for name, spec in data["datasets"].items():
+            if not spec.get("paths"):
+                raise LdpmError(f"config key data.datasets.{name}.paths: required when data.source is fastmri")
+            for p in spec["paths"]:
+                if not Path(p).is_dir():
+                    raise LdpmError(f"config key data.datasets.{name}.paths: directory {p} not found")
+    elif set(data["datasets"]) - {"brain", "ood"}:
+        raise LdpmError("config key data.datasets: the embedded source provides only 'brain' and 'ood'")
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise LdpmError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise LdpmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return validate_config(raw)

@@ -1,0 +1,80 @@
+"""Tables I and III from per-volume metric CSVs. Rows exist only for methods that were run.
+
+Test sub-splits are filters over index columns declared in config (`test_splits`), so a new column
+(e.g. "Skyra only") needs a config entry, not code.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ldpm import LdpmError
+from ldpm.io import atomic_output, read_table
+
+log = logging.getLogger("ldpm.tables")
+
+METHOD_LABELS = {"zero_filled": "Zero-Filled", "unet": "U-Net", "varnet": "E2E-VarNet", "swinmr": "SwinMR",
+                 "score_mri": "Score-MRI", "ldpm": "LDPM (Ours)"}
+
+
+def select(frame: pd.DataFrame, filters: dict, name: str) -> pd.DataFrame:
+    """Rows whose columns match every filter (a value or a list of accepted values)."""
+    keep = pd.Series(True, index=frame.index)
+    for column, wanted in filters.items():
+        if column not in frame.columns:
+            raise LdpmError(f"config key test_splits.{name}.{column}: no such index column; "
+                            f"use one of {', '.join(c for c in frame.columns if frame[c].dtype == object)}")
+        wanted = wanted if isinstance(wanted, list) else [wanted]
+        keep &= frame[column].isin(wanted)
+    if not keep.any():
+        raise LdpmError(f"config key test_splits.{name}: the filter {filters} selects no test volume; "
+                        f"widen it or add data")
+    return frame[keep]
+
+
+def load_volume_metrics(paths: list[str | Path]) -> pd.DataFrame:
+    return pd.concat([read_table(p) for p in paths], ignore_index=True)
+
+
+def write_table_formats(table: pd.DataFrame, stem: str | Path, caption: str) -> None:
+    """csv (full precision), md and tex (4 decimals, as the paper prints)."""
+    stem = Path(stem)
+    with atomic_output(stem.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp)
+    with atomic_output(stem.with_suffix(".md")) as tmp:
+        tmp.write_text(f"{caption}\n\n{table.to_markdown(floatfmt='.4f')}\n")
+    with atomic_output(stem.with_suffix(".tex")) as tmp:
+        tmp.write_text(table.to_latex(float_format="%.4f", caption=caption))
+
+
+def method_order(frame: pd.DataFrame, methods: list[str]) -> list[str]:
+    return [m for m in methods if m in set(frame["method"])]
+
+
+def table1(volumes: pd.DataFrame, methods: list[str], split_filter: dict, acceleration: int,
+           stem: str | Path) -> pd.DataFrame:
+    """Mean PSNR/SSIM/NMSE over the test volumes of `split_filter`, one row per method."""
+    frame = select(volumes[volumes.acceleration == acceleration], split_filter, "main")
+    table = (frame.groupby("method")[["psnr", "ssim", "nmse"]].mean()
+             .reindex(method_order(frame, methods)))
+    table["volumes"] = frame.groupby("method").size()
+    table.index = [METHOD_LABELS.get(m, m) for m in table.index]
+    table.columns = ["PSNR", "SSIM", "NMSE", "volumes"]
+    write_table_formats(table, stem, f"Table I: quantitative evaluation, AF {acceleration} "
+                                     f"(mean over test volumes, fastMRI protocol)")
+    return table
+
+
+def table3(volumes: pd.DataFrame, methods: list[str], test_splits: dict[str, dict], acceleration: int,
+           stem: str | Path) -> pd.DataFrame:
+    """PSNR per method across every configured test sub-split (one column each)."""
+    frame = volumes[volumes.acceleration == acceleration]
+    columns = {name: select(frame, filters, name).groupby("method")["psnr"].mean()
+               for name, filters in test_splits.items()}
+    table = pd.DataFrame(columns).reindex(method_order(frame, methods))
+    table.index = [METHOD_LABELS.get(m, m) for m in table.index]
+    write_table_formats(table, stem, f"Table III: PSNR across test sub-splits, AF {acceleration}")
+    return table

@@ -1,0 +1,154 @@
+"""One training loop for every stage: resumable checkpoints, deterministic batches, tqdm progress, a log file.
+
+Determinism and resume: batch order and masks come from generators seeded by (seed, epoch) and (seed, step),
+not from iterator state, so a job killed at step k and restarted from its last checkpoint draws exactly the
+batches an uninterrupted run would. Checkpoints hold state dicts and torch RNG state only and are loaded with
+`weights_only=True`. Final weights are written as safetensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ldpm import LdpmError
+
+log = logging.getLogger("ldpm.train")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; any other value is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def step_rng(seed: int, *keys: int) -> np.random.Generator:
+    """A generator that depends only on (seed, keys): used for per-step batches and masks."""
+    return np.random.default_rng([seed, *keys])
+
+
+@dataclass
+class EpochSampler:
+    """Epoch-wise shuffled mini-batches over n items; batch i of epoch e is a pure function of (seed, e, i)."""
+
+    n_items: int
+    batch_size: int
+    seed: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.n_items / self.batch_size))
+
+    def batch(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = step_rng(self.seed, 0, epoch).permutation(self.n_items)
+        chunk = order[i * self.batch_size:(i + 1) * self.batch_size]
+        if len(chunk) < self.batch_size:  # last partial batch: top up from the start so shapes stay fixed
+            chunk = np.concatenate([chunk, order[: self.batch_size - len(chunk)]])
+        return np.sort(chunk)
+
+
+class Trainer:
+    """Runs `step_fn(step) -> {loss_name: value}` from the last checkpoint to `total_steps`.
+
+    `modules` and `optimizers` are everything whose state must survive a restart.
+    """
+
+    def __init__(self, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                 ckpt_dir: str | Path, total_steps: int, ckpt_every: int = 200, desc: str = "train"):
+        self.modules, self.optimizers = modules, optimizers
+        self.ckpt_dir = Path(ckpt_dir)
+        self.total_steps, self.ckpt_every, self.desc = total_steps, max(1, ckpt_every), desc
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    def save_checkpoint(self, step: int) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": step,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+        }
+        tmp = self.ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt_path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+    def load_checkpoint(self) -> int:
+        if not self.ckpt_path.exists():
+            return 0
+        try:
+            state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
+            raise LdpmError(f"{self.ckpt_path}: corrupted checkpoint ({type(exc).__name__}); "
+                            f"delete it to restart this stage from scratch") from None
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = list(state["history"])
+        log.info("resumed %s from %s at step %d", self.desc, self.ckpt_path, state["step"])
+        return int(state["step"])
+
+    def run(self, step_fn: Callable[[int], dict[str, float]]) -> list[dict[str, float]]:
+        start = self.load_checkpoint()
+        for m in self.modules.values():
+            m.train()
+        t0 = time.time()
+        bar = tqdm(range(start, self.total_steps), desc=self.desc, initial=start, total=self.total_steps,
+                   mininterval=2.0, disable=None)
+        for step in bar:
+            losses = step_fn(step)
+            self.history.append({"step": step, **{k: float(v) for k, v in losses.items()}})
+            if step % 25 == 0 or step == self.total_steps - 1:
+                msg = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                bar.set_postfix_str(msg)
+                log.info("%s step %d/%d %s", self.desc, step + 1, self.total_steps, msg)
+            if (step + 1) % self.ckpt_every == 0 or step + 1 == self.total_steps:
+                self.save_checkpoint(step + 1)
+        for m in self.modules.values():
+            m.eval()
+        log.info("%s finished %d steps in %.1f s", self.desc, self.total_steps - start, time.time() - t0)
+        return self.history
+
+
+def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Final weights as safetensors (contiguous, CPU copies; shared tensors are cloned)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_weights(module: torch.nn.Module, path: str | Path, strict: bool = True) -> torch.nn.Module:
+    """Load safetensors weights; a missing or unreadable file is a one-line LdpmError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise LdpmError(f"{path}: weights file not found; run the training rule that produces it first")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise LdpmError(f"{path}: not a readable safetensors file ({exc}); delete it and retrain") from None
+    module.load_state_dict(state, strict=strict)
+    return module

@@ -1,0 +1,90 @@
+"""Masks follow fastMRI's RandomMaskFunc; metrics follow fastMRI's evaluation protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastmri.data.subsample import RandomMaskFunc
+from skimage.metrics import structural_similarity
+
+from ldpm import LdpmError
+from ldpm.data.masks import load_test_masks, make_test_masks, sample_mask
+from ldpm.evaluate.metrics import evaluate
+from ldpm.evaluate.tables import table1, table3
+from ldpm.io import read_images, write_images
+
+
+@pytest.mark.parametrize("af,cf", [(8, 0.04), (4, 0.08)])
+def test_mask_statistics_match_random_mask_func(af, cf):
+    width = 320
+    masks = np.stack([sample_mask(width, af, cf, seed) for seed in range(400)])
+    n_low = round(width * cf)
+    centre = slice((width - n_low + 1) // 2, (width - n_low + 1) // 2 + n_low)
+    assert masks[:, centre].all(), "the centre lines are always sampled"
+    assert masks.sum(1).mean() == pytest.approx(width / af, rel=0.05), "expected lines = width / AF"
+    direct, _ = RandomMaskFunc([cf], [af])((1, width, 1), seed=123)
+    np.testing.assert_array_equal(sample_mask(width, af, cf, 123), direct.reshape(-1).numpy().astype(bool))
+
+
+def test_test_masks_fixed_and_tied_to_slices(tmp_path):
+    ids = [f"vol{i}:000" for i in range(5)]
+    a = make_test_masks(ids, 64, 8, 0.04, seed=0, out=tmp_path / "a.npz")
+    b = make_test_masks(ids, 64, 8, 0.04, seed=0, out=tmp_path / "b.npz")
+    np.testing.assert_array_equal(a, b)
+    assert not (a[0] == a[1]).all(), "each slice gets its own mask"
+    assert load_test_masks(tmp_path / "a.npz", ids).shape == (5, 1, 1, 64)
+    with pytest.raises(LdpmError, match="different test set"):
+        load_test_masks(tmp_path / "a.npz", ids[::-1])
+    with pytest.raises(LdpmError, match="must be > 1"):
+        sample_mask(64, 1, 0.04, 0)
+
+
+def _fake_test_set(tmp_path):
+    rng = np.random.default_rng(0)
+    gt = rng.random((6, 16, 16)).astype(np.float32)
+    pred = (gt + 0.05 * rng.standard_normal(gt.shape)).astype(np.float32)
+    meta = pd.DataFrame({"slice_id": [f"v{i // 3}:{i % 3:03d}" for i in range(6)], "volume": [f"v{i // 3}" for i in range(6)],
+                         "dataset": "brain", "acquisition": ["AXT1"] * 3 + ["AXT2"] * 3, "field_strength": 3.0,
+                         "system_model": "Skyra", "patient_id": ["p0"] * 3 + ["p1"] * 3})
+    write_images(tmp_path / "test.h5", gt)
+    meta.to_csv(tmp_path / "test.csv", index=False)
+    import h5py
+    with h5py.File(tmp_path / "recon.h5", "w") as fh:
+        fh["recon"] = pred
+    return gt, pred
+
+
+def test_metrics_follow_fastmri_protocol(tmp_path):
+    gt, pred = _fake_test_set(tmp_path)
+    vols = evaluate(tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "recon.h5", "unet", 8,
+                    tmp_path / "v.csv", tmp_path / "s.csv")
+    for v, sl in zip(vols.itertuples(), [slice(0, 3), slice(3, 6)]):
+        g, p = gt[sl].astype(np.float64), pred[sl].astype(np.float64)
+        maxval = g.max()
+        assert v.psnr == pytest.approx(10 * np.log10(maxval**2 / np.mean((g - p) ** 2)), rel=1e-5)
+        assert v.nmse == pytest.approx(np.sum((g - p) ** 2) / np.sum(g**2), rel=1e-5)
+        ssim = np.mean([structural_similarity(g[i], p[i], data_range=maxval) for i in range(3)])
+        assert v.ssim == pytest.approx(ssim, rel=1e-4)
+    slices = pd.read_csv(tmp_path / "s.csv")
+    assert len(slices) == 6 and set(slices.method) == {"unet"}
+
+    t1 = table1(vols, ["zero_filled", "unet"], {"dataset": "brain"}, 8, tmp_path / "table1")
+    assert list(t1.index) == ["U-Net"], "methods that were not run are absent, not faked"
+    assert t1.loc["U-Net", "PSNR"] == pytest.approx(vols.psnr.mean())
+    assert (tmp_path / "table1.md").exists() and (tmp_path / "table1.tex").exists()
+
+
+def test_table3_column_per_config_split(tmp_path):
+    """Adding a split in config adds a column; no code change."""
+    _fake_test_set(tmp_path)
+    vols = evaluate(tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "recon.h5", "unet", 8,
+                    tmp_path / "v.csv", tmp_path / "s.csv")
+    splits = {"all": {"dataset": "brain"}, "T2 only": {"acquisition": "AXT2"}, "Skyra": {"system_model": "Skyra"}}
+    t3 = table3(vols, ["unet"], splits, 8, tmp_path / "table3")
+    assert list(t3.columns) == ["all", "T2 only", "Skyra"]
+    assert t3.loc["U-Net", "T2 only"] == pytest.approx(vols.loc[vols.acquisition == "AXT2", "psnr"].mean())
+    with pytest.raises(LdpmError, match="test_splits.empty: the filter"):
+        table3(vols, ["unet"], {"empty": {"acquisition": "AXFLAIR"}}, 8, tmp_path / "t")
+    with pytest.raises(LdpmError, match="test_splits.bad.scanner: no such index column"):
+        table3(vols, ["unet"], {"bad": {"scanner": "x"}}, 8, tmp_path / "t")

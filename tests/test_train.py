@@ -1,0 +1,44 @@
+"""The shared training loop: resume after an interruption ends at the same weights; bad checkpoints are named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ldpm import LdpmError
+from ldpm.baselines.unet import train_unet
+from ldpm.train import EpochSampler, Trainer
+
+HP = {"chans": 4, "num_pool_layers": 2, "drop_prob": 0.0, "lr": 1e-3, "batch_size": 4, "ckpt_every": 1}
+MASKS = {"accelerations": [8], "center_fractions": [0.04]}
+
+
+def test_resume_reaches_the_same_weights(prepared, tmp_path):
+    train_unet(prepared / "train.h5", tmp_path / "full.safetensors", tmp_path / "ck_full", HP | {"epochs": 2}, MASKS, 0, "cpu")
+    # "killed" after epoch 1, then rerun with the same checkpoint directory
+    train_unet(prepared / "train.h5", tmp_path / "part.safetensors", tmp_path / "ck_resume", HP | {"epochs": 1}, MASKS, 0, "cpu")
+    history = train_unet(prepared / "train.h5", tmp_path / "resumed.safetensors", tmp_path / "ck_resume",
+                         HP | {"epochs": 2}, MASKS, 0, "cpu")
+    full, resumed = load_file(tmp_path / "full.safetensors"), load_file(tmp_path / "resumed.safetensors")
+    assert full.keys() == resumed.keys()
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0)
+    part = load_file(tmp_path / "part.safetensors")
+    assert any(not torch.equal(part[k], full[k]) for k in full), "the second epoch changed the weights"
+    assert [h["step"] for h in history] == list(range(len(history)))
+
+
+def test_epoch_sampler_covers_each_item_once_per_epoch():
+    sampler = EpochSampler(n_items=10, batch_size=4, seed=1)
+    seen = [i for step in range(sampler.steps_per_epoch) for i in sampler.batch(step)]
+    assert set(seen) == set(range(10)) and sampler.steps_per_epoch == 3
+
+
+def test_corrupted_checkpoint_is_named(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "last.pt").write_bytes(b"garbage")
+    trainer = Trainer({"m": model}, {}, tmp_path / "ck", total_steps=1)
+    with pytest.raises(LdpmError, match="last.pt: corrupted checkpoint"):
+        trainer.run(lambda step: {})

@@ -1,0 +1,55 @@
+# Reconstruction of the test set per (method, AF), metrics, tables.
+
+WEIGHTS = {"zero_filled": [], "unet": [f"{RESULTS}/models/unet.safetensors"]}
+
+
+rule reconstruct:
+    input:
+        h5=f"{RESULTS}/data/test.h5",
+        csv=f"{RESULTS}/data/test.csv",
+        masks=f"{RESULTS}/masks/af{{af}}.npz",
+        weights=lambda w: WEIGHTS[w.method],
+    output:
+        f"{RESULTS}/recon/{{method}}/af{{af}}.h5",
+    log:
+        f"{RESULTS}/logs/reconstruct_{{method}}_af{{af}}.log",
+    wildcard_constraints:
+        method="|".join(WEIGHTS),
+    threads: workflow.cores
+    params:
+        weights=lambda w, input: f"--weights {input.weights[0]}" if input.weights else "",
+        hp=lambda w: as_json(config.get(w.method, {})),
+    shell:
+        "ldpm reconstruct {wildcards.method} --test-h5 {input.h5} --test-csv {input.csv} --masks {input.masks} "
+        "{params.weights} --hp {params.hp} --seed {SEED} --device {DEVICE} --out {output} > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        h5=f"{RESULTS}/data/test.h5",
+        csv=f"{RESULTS}/data/test.csv",
+        recon=f"{RESULTS}/recon/{{method}}/af{{af}}.h5",
+    output:
+        volumes=f"{RESULTS}/metrics/{{method}}/af{{af}}_volumes.csv",
+        slices=f"{RESULTS}/metrics/{{method}}/af{{af}}_slices.csv",
+    log:
+        f"{RESULTS}/logs/metrics_{{method}}_af{{af}}.log",
+    shell:
+        "ldpm metrics --test-h5 {input.h5} --test-csv {input.csv} --recon {input.recon} --method {wildcards.method} "
+        "--acceleration {wildcards.af} --out-volumes {output.volumes} --out-slices {output.slices} > {log} 2>&1"
+
+
+rule tables:
+    input:
+        lambda w: expand(f"{RESULTS}/metrics/{{method}}/af{w.af}_volumes.csv", method=config["methods"]),
+    output:
+        expand(f"{RESULTS}/tables/{{table}}_af{{{{af}}}}.{{ext}}", table=["table1", "table3"],
+               ext=["csv", "md", "tex"]),
+    log:
+        f"{RESULTS}/logs/tables_af{{af}}.log",
+    params:
+        methods=as_json(config["methods"]),
+        splits=as_json(config["test_splits"]),
+    shell:
+        "ldpm tables --metrics {input} --methods {params.methods} --test-splits {params.splits} "
+        "--main-split {config[main_split]} --acceleration {wildcards.af} --out-dir {RESULTS}/tables > {log} 2>&1"
