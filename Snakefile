@@ -18,3 +18,4 @@ rule all:
     input:
         expand("results/tables/{table}_af{af}.{ext}", table=["table1", "table3"],
                af=config["masks"]["accelerations"], ext=["csv", "md", "tex"]),
+        expand("results/figures/fig2_af{af}.png", af=config["masks"]["accelerations"]),

@@ -29,7 +29,7 @@ def small_config() -> dict:
 
 
 def test_snakefile_end_to_end(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(small_config()))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(small_config(), sort_keys=False))
     result = snakemake(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "results/tables/table1_af8.csv", index_col=0)
@@ -46,7 +46,7 @@ def test_snakefile_end_to_end(tmp_path):
 def test_config_typo_is_one_line_error_naming_the_key(tmp_path):
     cfg = small_config()
     cfg["unet"]["epocs"] = 3
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     result = snakemake(tmp_path, "-n")
     assert result.returncode != 0
     assert "config key unet.epocs: unknown key" in result.stderr

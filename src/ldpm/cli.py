@@ -77,6 +77,13 @@ def cmd_tables(a: argparse.Namespace) -> None:
     table3(volumes, a.methods, a.test_splits, a.acceleration, out / f"table3_af{a.acceleration}")
 
 
+def cmd_figure2(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.figures import figure2
+
+    recons = dict(zip(a.methods, a.recon))
+    figure2(a.test_h5, a.test_csv, recons, a.out, split_filter=a.split_filter, n_examples=a.n_examples)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ldpm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--acceleration", type=int, required=True)
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_tables)
+
+    s = sub.add_parser("figure2", help="example reconstructions with error maps")
+    s.add_argument("--test-h5", required=True)
+    s.add_argument("--test-csv", required=True)
+    s.add_argument("--methods", nargs="+", required=True)
+    s.add_argument("--recon", nargs="+", required=True, help="one file per method, same order")
+    s.add_argument("--split-filter", type=_json, default={})
+    s.add_argument("--n-examples", type=int, default=2)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_figure2)
     return p
 
 

@@ -1,4 +1,5 @@
 import json
+import sys
 import shlex
 
 from ldpm import LdpmError
@@ -7,7 +8,8 @@ from ldpm.config import validate_config
 try:
     config.update(validate_config(config, workflow.source_path("../schemas/config.schema.yaml")))
 except LdpmError as exc:
-    raise WorkflowError(str(exc))
+    # One line on stderr and a non-zero exit, before any job runs (a WorkflowError would add a traceback).
+    sys.exit(f"ldpm: error: {exc}")
 
 RESULTS = "results"
 SEED = config["seed"]
@@ -16,7 +18,7 @@ DEVICE = config["device"]
 
 def as_json(value):
     """A config block as one shell-quoted JSON argument for the `ldpm` command line."""
-    return shlex.quote(json.dumps(value, sort_keys=True))
+    return shlex.quote(json.dumps(value))
 
 
 def raw_datasets():

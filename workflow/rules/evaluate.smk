@@ -53,3 +53,20 @@ rule tables:
     shell:
         "ldpm tables --metrics {input} --methods {params.methods} --test-splits {params.splits} "
         "--main-split {config[main_split]} --acceleration {wildcards.af} --out-dir {RESULTS}/tables > {log} 2>&1"
+
+
+rule figure2:
+    input:
+        h5=f"{RESULTS}/data/test.h5",
+        csv=f"{RESULTS}/data/test.csv",
+        recon=lambda w: expand(f"{RESULTS}/recon/{{method}}/af{w.af}.h5", method=config["methods"]),
+    output:
+        f"{RESULTS}/figures/fig2_af{{af}}.png",
+    log:
+        f"{RESULTS}/logs/figure2_af{{af}}.log",
+    params:
+        methods=" ".join(config["methods"]),
+        split=as_json(config["test_splits"][config["main_split"]]),
+    shell:
+        "ldpm figure2 --test-h5 {input.h5} --test-csv {input.csv} --methods {params.methods} --recon {input.recon} "
+        "--split-filter {params.split} --out {output} > {log} 2>&1"

@@ -1,0 +1,177 @@
+"""The Dual-Stage Sampler (LDPM eqs. 8–12): a spaced DDPM sampler whose clean-latent prediction is corrected by
+latent data consistency (t > p, eq. 9) or by a k-space gradient step (t ≤ p, eqs. 10–11).
+
+Algebra, and how the paper's equations map onto it. Per step t of the respaced chain (descending), with ᾱ_t the
+cumulative product at t and ᾱ_{t−1} the one at the next (smaller) timestep of the chain (1 after the last):
+
+    ε_t  = ε_θ(z_t, t)
+    ẑ0   = (z_t − √(1−ᾱ_t) ε_t) / √ᾱ_t                      eq. 8 without its √ᾱ_{t−1} factor
+    ẑ0'  = E[|DC(D(ẑ0), k_u, M)|]            if t > p         eq. 9 (posterior mode, no random phase)
+         = ẑ0 − g ∇_ẑ0 δ(ẑ0)                 if t ≤ p         eqs. 10–11 (one step, autograd through D)
+    z_{t−1} = c1 ẑ0' + c2 z_t + σ_t n,  n ~ N(0, I), no noise at the last step     step_form="posterior"
+
+with the spaced chain's β_t = 1 − ᾱ_t/ᾱ_{t−1}, c1 = √ᾱ_{t−1} β_t/(1−ᾱ_t), c2 = √(1−β_t)(1−ᾱ_{t−1})/(1−ᾱ_t) and
+σ_t² = β̃_t = β_t (1−ᾱ_{t−1})/(1−ᾱ_t): the mean and variance of the DDPM posterior q(z_{t−1} | z_t, ẑ0'), as in
+improved-DDPM / DiffBIR's SpacedSampler ("fixed_small" variance).
+
+The paper's eq. 8 writes ẑ0 already multiplied by √ᾱ_{t−1}, and eq. 12 is the DDIM-form update
+    z_{t−1} = √ᾱ_{t−1} ẑ0' + √(1 − ᾱ_{t−1} − σ_t²) ε_t (+ σ_t n, left implicit in the paper)    step_form="eq12".
+Here ẑ0 is kept unscaled because it is what the VAE decodes (DC and guidance act on it) and √ᾱ_{t−1} enters in
+the update. Since c1 + c2√ᾱ_t = √ᾱ_{t−1} and c2√(1−ᾱ_t) = √(1−ᾱ_{t−1}−β̃_t), both forms are the same ancestral
+DDPM step whenever ẑ0' = ẑ0 (DC and guidance off). With a correction they differ:
+    posterior = eq12 − c2√ᾱ_t (ẑ0' − ẑ0),
+i.e. the posterior form applies only the fraction β_t/(1−ᾱ_t) of the correction (small at high noise). The
+default is "posterior" (DiffBIR's sampler, which the paper modifies); "eq12" follows the paper's formula.
+
+Guidance normalisation (a config value): δ = ‖(F(D(ẑ0)) − k_u)·M‖² per image, either summed over k-space
+entries ("sum") or averaged over the sampled entries ("mean": eq. 10 wraps the norm in an expectation; this also
+keeps g = 0.1 independent of image size). Per-image δ are summed over the batch before the gradient, so each
+image's step depends only on its own δ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+from diffusers import DDPMScheduler
+from tqdm import tqdm
+
+from ldpm.models.latent import decode, encode, sd_noise_scheduler
+from ldpm.physics import data_consistency, kspace_residual
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z_t, t as (B,) long) -> ε
+
+
+@dataclass(frozen=True)
+class SpacedSchedule:
+    """A respaced chain; all tensors are aligned with `timesteps` (descending)."""
+
+    timesteps: torch.Tensor            # (N,) long, original timesteps used, descending (ends at 0)
+    alphas_cumprod: torch.Tensor       # (N,) float64 ᾱ_t
+    alphas_cumprod_prev: torch.Tensor  # (N,) ᾱ of the next timestep in the chain, 1 after the last
+    betas: torch.Tensor                # (N,) spaced-chain β_t = 1 − ᾱ_t/ᾱ_{t−1}
+    posterior_variance: torch.Tensor   # (N,) β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t)
+
+
+def spaced_timesteps(num_train: int = 1000, num_steps: int = 50,
+                     alphas_cumprod: torch.Tensor | None = None) -> SpacedSchedule:
+    """Evenly spaced subset of {0, …, num_train−1} including both ends (improved-DDPM's `space_timesteps` with one
+    section, as DiffBIR's SpacedSampler uses) and the recomputed chain. `alphas_cumprod` defaults to SD's."""
+    if not 1 <= num_steps <= num_train:
+        raise ValueError(f"num_steps must be in [1, {num_train}], got {num_steps}")
+    if alphas_cumprod is None:
+        alphas_cumprod = sd_noise_scheduler().alphas_cumprod
+    ac = alphas_cumprod.to(torch.float64)
+    stride = (num_train - 1) / (num_steps - 1) if num_steps > 1 else 1
+    steps = sorted({round(i * stride) for i in range(num_steps)}, reverse=True)
+    ts = torch.tensor(steps, dtype=torch.long)
+    a = ac[ts]
+    a_prev = torch.cat([a[1:], torch.ones(1, dtype=torch.float64)])
+    betas = 1 - a / a_prev
+    return SpacedSchedule(ts, a, a_prev, betas, betas * (1 - a_prev) / (1 - a))
+
+
+class SampleResult(NamedTuple):
+    latent: torch.Tensor
+    image: torch.Tensor | None  # (B, 1, H, W) in [0, 1]; None when no VAE was given
+
+
+def kspace_loss(x: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, norm: str = "mean") -> torch.Tensor:
+    """Eq. 10 per image, shape (B,): ‖(F(x) − k_u)·M‖², summed ("sum") or averaged over sampled entries ("mean")."""
+    r = kspace_residual(x, k_u, mask).flatten(1).sum(1)
+    if norm == "sum":
+        return r
+    if norm == "mean":
+        n_sampled = torch.broadcast_to(mask, x.shape).flatten(1).sum(1).clamp_min(1)
+        return r / n_sampled
+    raise ValueError(f"guidance_norm must be 'sum' or 'mean', got {norm!r}")
+
+
+@torch.no_grad()
+def latent_dc(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae) -> torch.Tensor:
+    """Eq. 9: ẑ0' = E(|DC(D(ẑ0), k_u, M)|), re-encoded with the posterior mode."""
+    return encode(vae, data_consistency(decode(vae, z0), k_u, mask).abs())
+
+
+def guidance_step(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae, scale: float,
+                  norm: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 11: ẑ0' = ẑ0 − g ∇_ẑ0 δ with δ of eq. 10 through the decoder. Returns (ẑ0', δ per image before)."""
+    z = z0.detach().requires_grad_(True)
+    with torch.enable_grad():
+        delta = kspace_loss(decode(vae, z), k_u, mask, norm)
+        (grad,) = torch.autograd.grad(delta.sum(), z)
+    return (z0 - scale * grad).detach(), delta.detach()
+
+
+def _initial_latent(z_T, generator: torch.Generator | None) -> torch.Tensor:
+    if isinstance(z_T, torch.Tensor):
+        return z_T.clone()
+    return torch.randn(tuple(z_T), generator=generator)
+
+
+def _noise_like(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    dev = generator.device if generator is not None else z.device
+    return torch.randn(z.shape, generator=generator, device=dev, dtype=z.dtype).to(z.device)
+
+
+def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, k_u: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None, *, vae=None, num_steps: int = 50, p: int = 200,
+                      guidance_scale: float = 0.1, guidance_norm: str = "mean", use_dc: bool = True,
+                      use_guidance: bool = True, step_form: str = "posterior",
+                      generator: torch.Generator | None = None, alphas_cumprod: torch.Tensor | None = None,
+                      progress: bool = True) -> SampleResult:
+    """Dual-Stage Sampler (see the module docstring for the algebra).
+
+    eps_fn(z_t, t) gives ε_θ with the condition (c_latent, prompt) bound in; t is passed as a (B,) long tensor of
+    original timesteps, and p compares against original timesteps (p = 200 of T = 1000). `z_T` is a starting
+    latent or a shape to draw from `generator`; the same generator then draws each step's noise.
+    """
+    if step_form not in ("posterior", "eq12"):
+        raise ValueError(f"step_form must be 'posterior' or 'eq12', got {step_form!r}")
+    if (use_dc or use_guidance) and (vae is None or k_u is None or mask is None):
+        raise ValueError("DC and guidance need vae, k_u and mask")
+    sched = spaced_timesteps(1000 if alphas_cumprod is None else len(alphas_cumprod), num_steps, alphas_cumprod)
+    z = _initial_latent(z_T, generator)
+    n = len(sched.timesteps)
+    for i in tqdm(range(n), desc="dual-stage", disable=not progress, leave=False):
+        t = int(sched.timesteps[i])
+        a, a_prev = float(sched.alphas_cumprod[i]), float(sched.alphas_cumprod_prev[i])
+        beta, var = float(sched.betas[i]), float(sched.posterior_variance[i])
+        with torch.no_grad():
+            eps = eps_fn(z, torch.full((z.shape[0],), t, dtype=torch.long, device=z.device))
+        z0 = (z - (1 - a) ** 0.5 * eps) / a ** 0.5
+        if t > p and use_dc:
+            z0 = latent_dc(z0, k_u, mask, vae)
+        elif t <= p and use_guidance:
+            z0, _ = guidance_step(z0, k_u, mask, vae, guidance_scale, guidance_norm)
+        if step_form == "posterior":
+            c1 = a_prev ** 0.5 * beta / (1 - a)
+            c2 = (1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)
+            z = c1 * z0 + c2 * z
+        else:
+            z = a_prev ** 0.5 * z0 + max(1 - a_prev - var, 0.0) ** 0.5 * eps
+        if i < n - 1:  # the last step (t = 0) adds no noise
+            z = z + var ** 0.5 * _noise_like(z, generator)
+    image = None
+    if vae is not None:
+        with torch.no_grad():
+            image = decode(vae, z).clamp(0, 1)
+    return SampleResult(z, image)
+
+
+@torch.no_grad()
+def plain_spaced_ddpm(eps_fn: EpsFn, z_T: torch.Tensor | tuple, *, num_steps: int = 50,
+                      generator: torch.Generator | None = None, scheduler: DDPMScheduler | None = None,
+                      progress: bool = False) -> torch.Tensor:
+    """Reference ancestral sampler on the same respaced timesteps, written independently of `dual_stage_sample`:
+    diffusers' DDPMScheduler.step with custom timesteps ("fixed_small" variance, no clipping)."""
+    scheduler = scheduler if scheduler is not None else sd_noise_scheduler()
+    ts = spaced_timesteps(scheduler.config.num_train_timesteps, num_steps, scheduler.alphas_cumprod).timesteps
+    scheduler.set_timesteps(timesteps=ts.tolist())
+    z = _initial_latent(z_T, generator)
+    for t in tqdm(scheduler.timesteps, desc="ddpm", disable=not progress, leave=False):
+        eps = eps_fn(z, torch.full((z.shape[0],), int(t), dtype=torch.long, device=z.device))
+        z = scheduler.step(eps, int(t), z, generator=generator).prev_sample
+    return z

@@ -1,0 +1,274 @@
+"""Equation-level checks of LDPM (paper eqs. 3, 5–12) on tiny random-init models."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ldpm import LdpmError
+from ldpm.losses import (PatchDiscriminator, VGGPerceptual, charbonnier, d_hinge_loss, kl_loss, mrvae_loss)
+from ldpm.models.latent import (decode, empty_prompt_embedding, encode, load_sd, sd_noise_scheduler,
+                                tiny_empty_prompt, tiny_unet, tiny_vae)
+from ldpm.models.mrcontrolnet import MRControlNet
+from ldpm.models.swinir import build_swinir, sketcher
+from ldpm.physics import data_consistency, fft2, undersample
+from ldpm.sampling.dual_stage import (dual_stage_sample, guidance_step, kspace_loss, latent_dc,
+                                      plain_spaced_ddpm, spaced_timesteps)
+
+torch.set_num_threads(2)
+
+
+def _phantom(b=2, h=32, w=32, seed=0) -> torch.Tensor:
+    """Smooth non-negative images in [0, 1]: blurred noise, so they look like images, not white noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.avg_pool2d(torch.rand(b, 1, h + 6, w + 6, generator=g), 7, stride=1)
+    x = x - x.amin(dim=(-2, -1), keepdim=True)
+    return x / x.amax(dim=(-2, -1), keepdim=True)
+
+
+def _mask(b=2, w=32, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    m = (torch.rand(b, 1, 1, w, generator=g) < 0.3).float()
+    m[..., w // 2 - 2: w // 2 + 2] = 1  # fully sampled centre
+    return m
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    unet, vae = tiny_unet(), tiny_vae(latent_factor=4)
+    return SimpleNamespace(unet=unet.eval(), vae=vae.eval(), prompt=tiny_empty_prompt(unet))
+
+
+# ------------------------------------------------------------------------------------------------ eqs. 2–3
+def test_dc_restores_measured_lines_and_keeps_the_rest():
+    x, mask = _phantom(), _mask()
+    k_u, _ = undersample(x, mask)
+    r = torch.rand_like(x)  # stands for R(x_u)
+    k_out = fft2(data_consistency(r, k_u, mask))
+    assert torch.allclose(k_out * mask, k_u, atol=1e-5)
+    assert torch.allclose(k_out * (1 - mask), fft2(r) * (1 - mask), atol=1e-5)
+    assert not torch.allclose(k_out * mask, fft2(r) * mask, atol=1e-3)
+
+
+def test_sketcher_is_magnitude_of_dc_of_repair_output():
+    x, mask = _phantom(h=36, w=40), _mask(w=40)  # not a multiple of the window: SwinIR pads
+    k_u, x_u = undersample(x, mask)
+    torch.manual_seed(0)
+    net = build_swinir("tiny")
+    with torch.no_grad():
+        c = sketcher(x_u, k_u, mask, net)
+        assert c.shape == x.shape and (c >= 0).all()
+        torch.testing.assert_close(c, data_consistency(net(x_u), k_u, mask).abs())
+        # a perfect repair model gives back the ground truth: DC of x with its own k-space is x
+        torch.testing.assert_close(sketcher(x_u, k_u, mask, lambda _: x), x, atol=1e-5, rtol=0)
+        # global residual: with a zero last conv, SwinIR is the identity
+        torch.nn.init.zeros_(net.conv_last.weight), torch.nn.init.zeros_(net.conv_last.bias)
+        torch.testing.assert_close(net(x_u), x_u)
+
+
+# ------------------------------------------------------------------------------------------------ eqs. 6–7
+def test_controlnet_at_init_leaves_the_frozen_unet_unchanged(tiny):
+    model = MRControlNet(tiny.unet)
+    c = model.control.conv_in.weight
+    assert c.shape[1] == 8 and torch.count_nonzero(c[:, 4:]) == 0
+    torch.testing.assert_close(c[:, :4], tiny.unet.conv_in.weight, rtol=0, atol=0)
+    assert not any(p.requires_grad for p in model.unet.parameters())
+    assert all(p.requires_grad for p in model.control.parameters())
+    g = torch.Generator().manual_seed(1)
+    z_t, c_lat = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.tensor([3, 700])
+    with torch.no_grad():
+        ref = tiny.unet(z_t, t, encoder_hidden_states=tiny.prompt.expand(2, -1, -1)).sample
+        torch.testing.assert_close(model(z_t, t, c_lat, tiny.prompt), ref, atol=1e-6, rtol=0)
+        # the residuals really reach the U-Net: once the zero convs are non-zero, ε changes with c_latent
+        for blk in [*model.control.controlnet_down_blocks, model.control.controlnet_mid_block]:
+            torch.nn.init.normal_(blk.weight, std=0.1)
+        torch.nn.init.normal_(model.control.conv_in.weight[:, 4:], std=0.1)
+        e1, e2 = model(z_t, t, c_lat, tiny.prompt), model(z_t, t, -c_lat, tiny.prompt)
+    assert (e1 - ref).abs().max() > 1e-3 and (e1 - e2).abs().max() > 1e-4
+
+
+def test_eq6_forward_noising_matches_hand_computation():
+    sched = sd_noise_scheduler()
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    abar = torch.tensor(np.cumprod(1 - betas))
+    g = torch.Generator().manual_seed(2)
+    z, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 417, 999])
+    hand = abar[t].sqrt().view(-1, 1, 1, 1) * z + (1 - abar[t]).sqrt().view(-1, 1, 1, 1) * eps
+    torch.testing.assert_close(sched.add_noise(z, eps, t), hand.float(), atol=1e-5, rtol=0)
+
+
+def test_eq7_loss_is_the_mse_of_the_noise_prediction(tiny):
+    model, sched = MRControlNet(tiny.unet), sd_noise_scheduler()
+    g = torch.Generator().manual_seed(3)
+    z0, c_lat, eps = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    t = torch.tensor([5, 800])
+    abar = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    z_t = abar.sqrt() * z0 + (1 - abar).sqrt() * eps
+    with torch.no_grad():
+        hand = ((eps - model(z_t, t, c_lat, tiny.prompt)) ** 2).mean()
+        loss = model.training_loss(z0, c_lat, tiny.prompt, sched, t=t, noise=eps)
+    torch.testing.assert_close(loss, hand, atol=1e-6, rtol=1e-5)
+    # random t / ε path: gradients reach the control branch only
+    loss = model.training_loss(z0, c_lat, tiny.prompt, sched, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert model.control.conv_in.weight.grad is not None
+    assert all(p.grad is None for p in model.unet.parameters())
+
+
+# --------------------------------------------------------------------------------------------- eqs. 8–12
+def test_spaced_schedule_is_the_respaced_chain():
+    s = spaced_timesteps(1000, 10)
+    assert s.timesteps.tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    abar = sd_noise_scheduler().alphas_cumprod.double()
+    torch.testing.assert_close(s.alphas_cumprod, abar[s.timesteps])
+    # the spaced betas compose back to ᾱ
+    torch.testing.assert_close(torch.cumprod((1 - s.betas).flip(0), 0).flip(0), s.alphas_cumprod)
+
+
+@pytest.mark.parametrize("step_form", ["posterior", "eq12"])
+def test_sampler_without_dc_and_guidance_is_plain_spaced_ddpm(tiny, step_form):
+    abar = sd_noise_scheduler().alphas_cumprod
+
+    def eps_fn(z, t):
+        # the exact ε-predictor for N(0, I) latents plus a small random-U-Net term (so it is not linear): keeps the
+        # samples O(1), so atol 1e-5 is a float32-level check (a bare random U-Net drives latents to ~70)
+        a = abar[t].view(-1, 1, 1, 1)
+        unet_eps = tiny.unet(z, t, encoder_hidden_states=tiny.prompt.expand(z.shape[0], -1, -1)).sample
+        return (1 - a).sqrt() * z + 0.1 * unet_eps
+
+    shape = (2, 4, 8, 8)
+    ref = plain_spaced_ddpm(eps_fn, shape, num_steps=12, generator=torch.Generator().manual_seed(7))
+    out = dual_stage_sample(eps_fn, shape, num_steps=12, use_dc=False, use_guidance=False, step_form=step_form,
+                            generator=torch.Generator().manual_seed(7), progress=False)
+    torch.testing.assert_close(out.latent, ref, atol=1e-5, rtol=0)
+    assert out.image is None
+    other = plain_spaced_ddpm(eps_fn, shape, num_steps=12, generator=torch.Generator().manual_seed(8))
+    assert (other - ref).abs().max() > 1e-2  # the comparison is sensitive to the noise draws
+
+
+def test_one_guidance_step_lowers_the_kspace_residual(tiny):
+    x, mask = _phantom(), _mask()
+    k_u, _ = undersample(x, mask)
+    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    for norm in ("sum", "mean"):
+        z1, delta0 = guidance_step(z0, k_u, mask, tiny.vae, 1.0, norm)
+        grad = z0 - z1
+        # a step small enough for the first-order decrease g‖∇δ‖² to be 1% of δ (per image)
+        g = 0.01 * float(delta0.min()) / float(grad.pow(2).flatten(1).sum(1).max())
+        z_new, _ = guidance_step(z0, k_u, mask, tiny.vae, g, norm)
+        with torch.no_grad():
+            delta1 = kspace_loss(decode(tiny.vae, z_new), k_u, mask, norm)
+        assert (delta1 < delta0).all(), (norm, delta0, delta1)
+    n_sampled = mask.expand_as(x).flatten(1).sum(1)
+    with torch.no_grad():
+        xd = decode(tiny.vae, z0)
+    torch.testing.assert_close(kspace_loss(xd, k_u, mask, "sum") / n_sampled, kspace_loss(xd, k_u, mask, "mean"))
+
+
+class _PixelShuffleVAE(torch.nn.Module):
+    """An exactly invertible stand-in VAE with AutoencoderKL's interface: the latent is the 2×2 pixel-unshuffle of
+    the image (4 channels), so E(D(z)) = z and latent DC equals pixel DC (no VAE reconstruction error).
+    A random-init AutoencoderKL would not do: its reconstruction error swamps the DC effect."""
+
+    config = SimpleNamespace(scaling_factor=1.0)
+
+    def encode(self, x3):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: F.pixel_unshuffle(x3[:, :1], 2)))
+
+    def decode(self, z):
+        return SimpleNamespace(sample=F.pixel_shuffle(z, 2).expand(-1, 3, -1, -1))
+
+
+def test_latent_dc_moves_the_decoded_estimate_towards_the_measurements():
+    vae = _PixelShuffleVAE()
+    x, mask = _phantom(), _mask()
+    k_u, _ = undersample(x, mask)
+    estimate = (x + 0.3 * _phantom(seed=5)).clamp(0, 1)  # a wrong but plausible ẑ0
+    z0 = encode(vae, estimate)
+    torch.testing.assert_close(decode(vae, z0), estimate)  # the stand-in is exact
+    before = kspace_loss(decode(vae, z0), k_u, mask, "sum")
+    after = kspace_loss(decode(vae, latent_dc(z0, k_u, mask, vae)), k_u, mask, "sum")
+    # the magnitude of eq. 9 makes it not exact, but far closer than before
+    assert (after < 0.1 * before).all(), (before, after)
+
+
+def test_dual_stage_runs_both_stages(tiny):
+    x, mask = _phantom(), _mask()
+    k_u, _ = undersample(x, mask)
+    calls = []
+
+    def eps_fn(z, t):
+        calls.append(int(t[0]))
+        return tiny.unet(z, t, encoder_hidden_states=tiny.prompt.expand(z.shape[0], -1, -1)).sample
+
+    out = dual_stage_sample(eps_fn, (2, 4, 8, 8), k_u, mask, vae=tiny.vae, num_steps=4, p=500,
+                            generator=torch.Generator().manual_seed(0), progress=False)
+    plain = dual_stage_sample(eps_fn, (2, 4, 8, 8), k_u, mask, vae=tiny.vae, num_steps=4, use_dc=False,
+                              use_guidance=False, generator=torch.Generator().manual_seed(0), progress=False)
+    assert calls == [999, 666, 333, 0] * 2
+    assert out.image.shape == (2, 1, 32, 32) and 0 <= out.image.min() and out.image.max() <= 1
+    assert torch.isfinite(out.latent).all() and (out.latent - plain.latent).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ eq. 5 etc.
+def test_kl_loss_matches_closed_form():
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    params = torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(6))
+    mu, logvar = params[:, :4], params[:, 4:]
+    hand = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean()
+    torch.testing.assert_close(kl_loss(DiagonalGaussianDistribution(params)), hand)
+
+
+def test_charbonnier_closed_form():
+    a = torch.zeros(4, 1, 5, 5)
+    assert float(charbonnier(a, a + 0.2, eps=1e-3)) == pytest.approx((0.2 ** 2 + 1e-6) ** 0.5, rel=1e-6)
+    assert float(charbonnier(a, a, eps=1e-3)) == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_vgg_weights_are_required_and_checked(tmp_path):
+    with pytest.raises(LdpmError, match="vgg.pth"):
+        VGGPerceptual(tmp_path / "vgg.pth")
+    torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(LdpmError, match="bad.pth"):
+        VGGPerceptual(tmp_path / "bad.pth", layers=(3,))
+    # a well-formed local state dict loads (random values here; the pipeline points at ImageNet weights)
+    from torchvision.models import vgg as tv_vgg
+    feats = tv_vgg.make_layers(tv_vgg.cfgs["D"])[:4]
+    torch.save({f"features.{k}": v for k, v in feats.state_dict().items()}, tmp_path / "ok.pth")
+    vgg = VGGPerceptual(tmp_path / "ok.pth", layers=(3,))
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert float(vgg(x, x)) == 0 and float(vgg(x, -x)) > 0
+
+
+def test_mrvae_loss_terms(tiny):
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    g = torch.Generator().manual_seed(9)
+    x, x_rec = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    post = DiagonalGaussianDistribution(torch.randn(2, 8, 8, 8, generator=g))
+    disc = PatchDiscriminator(n_layers=2, ndf=8).eval()
+    total, terms = mrvae_loss(x, x_rec, post, disc, None, mu=1.0, nu=0.2, omega=1e-6, lam=0.65)
+    with torch.no_grad():
+        hand = (x_rec - x).abs().mean() + 1e-6 * kl_loss(post) - 0.65 * disc(x_rec).mean()
+    assert terms["perceptual_on"] == 0.0 and terms["perceptual"] == 0.0
+    torch.testing.assert_close(total.detach(), hand)
+    assert disc(x).shape[1] == 1 and disc(x).shape[-1] < 32
+    torch.testing.assert_close(d_hinge_loss(torch.full((4,), 2.0), torch.full((4,), -0.5)), torch.tensor(0.25))
+
+
+def test_sd_loader_names_missing_paths(tmp_path):
+    with pytest.raises(LdpmError, match="nowhere"):
+        load_sd(tmp_path / "nowhere")
+    (tmp_path / "sd" / "vae").mkdir(parents=True)
+    with pytest.raises(LdpmError, match="vae/config.json"):
+        load_sd(tmp_path / "sd")
+    with pytest.raises(LdpmError, match="empty_prompt.safetensors|tokenizer"):
+        empty_prompt_embedding(tmp_path / "sd")
