@@ -12,6 +12,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/ldpm.smk"
 
 
 rule all:
@@ -19,3 +21,4 @@ rule all:
         expand("results/tables/{table}_af{af}.{ext}", table=["table1", "table3"],
                af=config["masks"]["accelerations"], ext=["csv", "md", "tex"]),
         expand("results/figures/fig2_af{af}.png", af=config["masks"]["accelerations"]),
+        TARGETS,

@@ -195,24 +195,24 @@ def test_train_and_reconstruct_end_to_end(tmp_path):
     k_u, x_u = undersample(x, mask)
 
     hp_v = TINY_VARNET | {"lr": 1e-3, "batch_size": 4, "epochs": 1, "ckpt_every": 100}
-    varnet.train_varnet(tmp_path / "train.h5", tmp_path / "varnet.safetensors", tmp_path / "ck_v", hp_v, masks, 0,
+    varnet.train_varnet({"train": tmp_path / "train.h5"}, tmp_path / "varnet.safetensors", tmp_path / "ck_v", hp_v, masks, 0,
                         "cpu")
-    recon = varnet.reconstructor(tmp_path / "varnet.safetensors", hp_v, torch.device("cpu"))
+    recon = varnet.reconstructor({"model": tmp_path / "varnet.safetensors"}, hp_v, torch.device("cpu"))
     with torch.no_grad():
         assert recon(x_u, k_u, mask).shape == x.shape
 
     hp_s = {"model": "tiny", "sigma_min": 0.01, "sigma_max": 20.0, "lr": 2e-4, "batch_size": 4, "epochs": 1,
             "ckpt_every": 100, "n_steps": 2, "snr": 0.16, "n_corrector": 1}
-    history = score_mri.train_score_mri(tmp_path / "train.h5", tmp_path / "score.safetensors", tmp_path / "ck_s",
-                                        hp_s, 0, "cpu")
+    history = score_mri.train_score_mri({"train": tmp_path / "train.h5"}, tmp_path / "score.safetensors",
+                                        tmp_path / "ck_s", hp_s, masks, 0, "cpu")
     assert len(history) > 0 and all(torch.isfinite(torch.tensor(h["dsm"])) for h in history)
-    recon = score_mri.reconstructor(tmp_path / "score.safetensors", hp_s, torch.device("cpu"))
+    recon = score_mri.reconstructor({"model": tmp_path / "score.safetensors"}, hp_s, torch.device("cpu"))
     out = recon(x_u, k_u, mask)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     with pytest.raises(LdpmError, match="score_mri.sigma_max"):
-        score_mri.reconstructor(tmp_path / "score.safetensors", hp_s | {"sigma_max": 378}, torch.device("cpu"))
+        score_mri.reconstructor({"model": tmp_path / "score.safetensors"}, hp_s | {"sigma_max": 378}, torch.device("cpu"))
     with pytest.raises(LdpmError, match="missing.safetensors: weights file not found"):
-        score_mri.reconstructor(tmp_path / "missing.safetensors", hp_s, torch.device("cpu"))
+        score_mri.reconstructor({"model": tmp_path / "missing.safetensors"}, hp_s, torch.device("cpu"))
 
 
 def test_score_training_resumes_to_the_same_ema_weights(tmp_path):
@@ -223,7 +223,7 @@ def test_score_training_resumes_to_the_same_ema_weights(tmp_path):
     hp = {"model": "tiny", "sigma_min": 0.01, "sigma_max": 20.0, "lr": 1e-3, "batch_size": 2, "ckpt_every": 1,
           "warmup": 3, "ema_decay": 0.9}
     run = lambda name, ck, epochs: score_mri.train_score_mri(  # noqa: E731
-        tmp_path / "train.h5", tmp_path / name, tmp_path / ck, hp | {"epochs": epochs}, 0, "cpu")
+        {"train": tmp_path / "train.h5"}, tmp_path / name, tmp_path / ck, hp | {"epochs": epochs}, {}, 0, "cpu")
     run("full.safetensors", "ck_full", 2)
     run("part.safetensors", "ck_resume", 1)
     run("resumed.safetensors", "ck_resume", 2)

@@ -15,10 +15,10 @@ MASKS = {"accelerations": [8], "center_fractions": [0.04]}
 
 
 def test_resume_reaches_the_same_weights(prepared, tmp_path):
-    train_unet(prepared / "train.h5", tmp_path / "full.safetensors", tmp_path / "ck_full", HP | {"epochs": 2}, MASKS, 0, "cpu")
+    train_unet({"train": prepared / "train.h5"}, tmp_path / "full.safetensors", tmp_path / "ck_full", HP | {"epochs": 2}, MASKS, 0, "cpu")
     # "killed" after epoch 1, then rerun with the same checkpoint directory
-    train_unet(prepared / "train.h5", tmp_path / "part.safetensors", tmp_path / "ck_resume", HP | {"epochs": 1}, MASKS, 0, "cpu")
-    history = train_unet(prepared / "train.h5", tmp_path / "resumed.safetensors", tmp_path / "ck_resume",
+    train_unet({"train": prepared / "train.h5"}, tmp_path / "part.safetensors", tmp_path / "ck_resume", HP | {"epochs": 1}, MASKS, 0, "cpu")
+    history = train_unet({"train": prepared / "train.h5"}, tmp_path / "resumed.safetensors", tmp_path / "ck_resume",
                          HP | {"epochs": 2}, MASKS, 0, "cpu")
     full, resumed = load_file(tmp_path / "full.safetensors"), load_file(tmp_path / "resumed.safetensors")
     assert full.keys() == resumed.keys()

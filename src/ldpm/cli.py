@@ -47,10 +47,9 @@ def cmd_masks(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    if a.model == "unet":
-        from ldpm.baselines.unet import train_unet
+    from ldpm.stages import TRAINERS, resolve
 
-        train_unet(a.train_h5, a.out, a.ckpt_dir, a.hp, a.masks, a.seed, a.device)
+    resolve(TRAINERS, a.model, "model")(a.inputs, a.out, a.ckpt_dir, a.hp, a.masks, a.seed, a.device)
 
 
 def cmd_reconstruct(a: argparse.Namespace) -> None:
@@ -117,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_masks)
 
     s = sub.add_parser("train", help="train one model")
-    s.add_argument("model", choices=["unet"])
-    s.add_argument("--train-h5", required=True)
+    s.add_argument("model", help="a key of ldpm.stages.TRAINERS")
+    s.add_argument("--inputs", type=_json, required=True, help='{name: file}, e.g. {"train": "train.h5"}')
     s.add_argument("--out", required=True, help="final weights (.safetensors)")
     s.add_argument("--ckpt-dir", required=True, help="resumable checkpoints")
     s.add_argument("--hp", type=_json, required=True)
@@ -133,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-csv", required=True)
     s.add_argument("--masks", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--weights")
+    s.add_argument("--weights", type=_json, default={}, help="{name: file} of the method's weights")
     s.add_argument("--hp", type=_json, default={})
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)

@@ -31,9 +31,18 @@ def _key_of(error: jsonschema.ValidationError) -> str:
     return path or "(top level)"
 
 
+def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """The top-level schema with every sections/<name>.yaml block (one per model) merged under `properties`."""
+    schema_path = Path(schema_path)
+    schema = yaml.safe_load(schema_path.read_text())
+    for section in sorted((schema_path.parent / "sections").glob("*.yaml")):
+        schema["properties"].update(yaml.safe_load(section.read_text()))
+    return schema
+
+
 def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Return a validated copy of `config` with defaults filled in; raise LdpmError on the first problem."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_schema(schema_path)
     config = copy.deepcopy(config)
     _fill_defaults(config, schema)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
@@ -61,6 +70,11 @@ def check_semantics(config: dict) -> None:
             raise LdpmError(f"config key masks.center_fractions: no centre fraction for AF {af}; add '{af}: 0.04'")
     if len(masks["train"]["accelerations"]) != len(masks["train"]["center_fractions"]):
         raise LdpmError("config key masks.train.center_fractions: needs one value per masks.train.accelerations")
+    from ldpm.stages import RECONSTRUCTORS
+
+    for method in config["methods"]:
+        if method not in RECONSTRUCTORS:
+            raise LdpmError(f"config key methods: unknown method '{method}'; known: {', '.join(RECONSTRUCTORS)}")
     if config["main_split"] not in config["test_splits"]:
         raise LdpmError(f"config key main_split: '{config['main_split']}' is not a test_splits entry")
     if data["source"] == "fastmri":

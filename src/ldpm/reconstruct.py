@@ -1,7 +1,7 @@
 """Reconstruct the test set for one (method, AF): the same simulated measurement for every method.
 
-Each method is a `Reconstructor`: a callable (x_u, k_u, mask) → image, all (B,1,H,W), built by a loader
-registered in `RECONSTRUCTORS` from the method's weights file and hyperparameters.
+Each method is a `Reconstructor`: a callable (x_u, k_u, mask) → image, all (B,1,H,W), built by the factory
+registered for it in `ldpm.stages.RECONSTRUCTORS` from the method's weight files and hyperparameters.
 """
 
 from __future__ import annotations
@@ -20,36 +20,23 @@ from ldpm import LdpmError
 from ldpm.data.masks import load_test_masks
 from ldpm.io import atomic_output, read_images, read_table
 from ldpm.physics import undersample
-from ldpm.train import load_weights, resolve_device
+from ldpm.stages import RECONSTRUCTORS, resolve
+from ldpm.train import resolve_device
 
 log = logging.getLogger("ldpm.reconstruct")
 
 Reconstructor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def zero_filled(weights: Path | None, hp: dict, device: torch.device) -> Reconstructor:
+def zero_filled(weights: dict[str, Path], hp: dict, device: torch.device) -> Reconstructor:
     return lambda x_u, k_u, mask: x_u
 
 
-def unet(weights: Path | None, hp: dict, device: torch.device) -> Reconstructor:
-    from ldpm.baselines.unet import build_unet, unet_reconstruct
-
-    model = load_weights(build_unet(hp), weights).to(device).eval()
-    return lambda x_u, k_u, mask: unet_reconstruct(model, x_u)
-
-
-RECONSTRUCTORS: dict[str, Callable[[Path | None, dict, torch.device], Reconstructor]] = {
-    "zero_filled": zero_filled,
-    "unet": unet,
-}
-
-
 def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_npz: str | Path, out: str | Path, *,
-                weights: str | Path | None = None, hp: dict | None = None, batch_size: int = 16,
+                weights: dict[str, str] | None = None, hp: dict | None = None, batch_size: int = 16,
                 device: str = "auto", seed: int = 0) -> None:
     """Write `out` (h5, dataset `recon` aligned with the rows of test_csv) and log seconds per slice."""
-    if method not in RECONSTRUCTORS:
-        raise LdpmError(f"unknown method '{method}'; known: {', '.join(RECONSTRUCTORS)}")
+    factory = resolve(RECONSTRUCTORS, method, "method")
     dev = resolve_device(device)
     torch.manual_seed(seed)
     images = torch.from_numpy(read_images(test_h5))
@@ -57,7 +44,7 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
     if len(slice_ids) != len(images):
         raise LdpmError(f"{test_csv}: {len(slice_ids)} rows but {test_h5} holds {len(images)} images; rerun preprocess")
     masks = load_test_masks(masks_npz, slice_ids)
-    run = RECONSTRUCTORS[method](Path(weights) if weights else None, hp or {}, dev)
+    run = factory({name: Path(p) for name, p in (weights or {}).items()}, hp or {}, dev)
     out_images = np.empty(images.shape, dtype=np.float32)
     t0 = time.time()
     # Samplers that need gradients (k-space guidance) re-enable them locally.

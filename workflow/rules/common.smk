@@ -1,12 +1,13 @@
 import json
 import sys
 import shlex
+from pathlib import Path
 
 from ldpm import LdpmError
 from ldpm.config import validate_config
 
 try:
-    config.update(validate_config(config, workflow.source_path("../schemas/config.schema.yaml")))
+    config.update(validate_config(config, Path(workflow.current_basedir) / "../schemas/config.schema.yaml"))
 except LdpmError as exc:
     # One line on stderr and a non-zero exit, before any job runs (a WorkflowError would add a traceback).
     sys.exit(f"ldpm: error: {exc}")
@@ -28,3 +29,16 @@ def raw_datasets():
         return {name: {"role": spec["role"], "paths": [f"{RESULTS}/raw/embedded/{name}"]}
                 for name, spec in data["datasets"].items()}
     return data["datasets"]
+
+
+# Registries the rules files fill in (one entry per model / method; see src/ldpm/stages.py for the contracts):
+# TRAIN[model] = {"inputs": {name: file}, "hp": config block}   -> rule train  -> results/models/{model}.safetensors
+# RECON[method] = {"weights": {name: file}, "hp": config block} -> rule reconstruct -> results/recon/{method}/af{af}.h5
+# TARGETS: extra final outputs (tables, figures) that `rule all` requests.
+TRAIN = {}
+RECON = {}
+TARGETS = []
+
+
+def model_file(model):
+    return f"{RESULTS}/models/{model}.safetensors"

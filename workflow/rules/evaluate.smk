@@ -1,27 +1,27 @@
 # Reconstruction of the test set per (method, AF), metrics, tables.
 
-WEIGHTS = {"zero_filled": [], "unet": [f"{RESULTS}/models/unet.safetensors"]}
+RECON["zero_filled"] = {"weights": {}, "hp": {}}
 
 
 rule reconstruct:
     input:
+        unpack(lambda w: RECON[w.method]["weights"]),
         h5=f"{RESULTS}/data/test.h5",
         csv=f"{RESULTS}/data/test.csv",
         masks=f"{RESULTS}/masks/af{{af}}.npz",
-        weights=lambda w: WEIGHTS[w.method],
     output:
         f"{RESULTS}/recon/{{method}}/af{{af}}.h5",
     log:
         f"{RESULTS}/logs/reconstruct_{{method}}_af{{af}}.log",
     wildcard_constraints:
-        method="|".join(WEIGHTS),
+        method="[a-z0-9_]+",
     threads: workflow.cores
     params:
-        weights=lambda w, input: f"--weights {input.weights[0]}" if input.weights else "",
-        hp=lambda w: as_json(config.get(w.method, {})),
+        weights=lambda w: as_json(RECON[w.method]["weights"]),
+        hp=lambda w: as_json(RECON[w.method]["hp"]),
     shell:
         "ldpm reconstruct {wildcards.method} --test-h5 {input.h5} --test-csv {input.csv} --masks {input.masks} "
-        "{params.weights} --hp {params.hp} --seed {SEED} --device {DEVICE} --out {output} > {log} 2>&1"
+        "--weights {params.weights} --hp {params.hp} --seed {SEED} --device {DEVICE} --out {output} > {log} 2>&1"
 
 
 rule metrics:

@@ -1,19 +1,22 @@
-# Training stages. Snakemake deletes declared outputs before a job runs, so resumable checkpoints live in a
-# directory passed as a param (results/checkpoints/<model>) and only the final safetensors weights are outputs.
+# Training: one rule for every model. Snakemake deletes declared outputs before a job runs, so resumable
+# checkpoints live in results/checkpoints/<model> (not an output) and only the final safetensors is declared.
 
 
-rule train_unet:
+rule train:
     input:
-        f"{RESULTS}/data/train.h5",
+        unpack(lambda w: TRAIN[w.model]["inputs"]),
     output:
-        f"{RESULTS}/models/unet.safetensors",
+        model_file("{model}"),
     log:
-        f"{RESULTS}/logs/train_unet.log",
+        f"{RESULTS}/logs/train_{{model}}.log",
+    wildcard_constraints:
+        model="[a-z0-9_]+",
     threads: workflow.cores
     params:
-        hp=as_json(config["unet"]),
+        inputs=lambda w: as_json(TRAIN[w.model]["inputs"]),
+        hp=lambda w: as_json(TRAIN[w.model]["hp"]),
         masks=as_json(config["masks"]["train"]),
-        ckpt=f"{RESULTS}/checkpoints/unet",
+        ckpt=lambda w: f"{RESULTS}/checkpoints/{w.model}",
     shell:
-        "ldpm train unet --train-h5 {input} --out {output} --ckpt-dir {params.ckpt} --hp {params.hp} "
-        "--masks {params.masks} --seed {SEED} --device {DEVICE} > {log} 2>&1"
+        "ldpm train {wildcards.model} --inputs {params.inputs} --out {output} --ckpt-dir {params.ckpt} "
+        "--hp {params.hp} --masks {params.masks} --seed {SEED} --device {DEVICE} > {log} 2>&1"

@@ -96,9 +96,10 @@ def dsm_loss(score_fn, x: torch.Tensor, sigma_min: float, sigma_max: float,
     return (sigma * score + z).pow(2).mean()
 
 
-def train_score_mri(train_h5: str | Path, out: str | Path, ckpt_dir: str | Path, hp: dict, seed: int,
-                    device: str = "auto") -> list[dict]:
-    """Unconditional score model on the training magnitudes (no masks: the measurement enters only at sampling).
+def train_score_mri(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
+                    seed: int, device: str = "auto") -> list[dict]:
+    """Unconditional score model on the training magnitudes (masks_cfg unused: the measurement enters only at
+    sampling).
 
     hp: model (config name), sigma_min, sigma_max, lr, batch_size, epochs, ckpt_every, and optionally warmup
     (linear lr warm-up steps, Score-MRI 5000), grad_clip (Score-MRI 1.0), ema_decay (Score-MRI 0.999). The EMA
@@ -106,7 +107,7 @@ def train_score_mri(train_h5: str | Path, out: str | Path, ckpt_dir: str | Path,
     """
     seed_everything(seed)
     dev = resolve_device(device)
-    images = torch.from_numpy(read_images(train_h5))
+    images = torch.from_numpy(read_images(inputs["train"]))
     model = build_score_model(hp["model"], images.shape[-1]).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
@@ -197,11 +198,10 @@ def score_mri_sample(model: UNet2DModel, k_u: torch.Tensor, mask: torch.Tensor, 
     return x_mean.clamp(0, 1) if clamp else x_mean
 
 
-def reconstructor(weights: Path | None, hp: dict, device: torch.device):
+def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):
     """Score-MRI: architecture and σ range from the weights' metadata; hp gives n_steps (paper 2000), snr (0.16),
     n_corrector (1). hp['model'] / hp['sigma_*'], when present, must match what the weights were trained with."""
-    if weights is None:
-        raise LdpmError("score_mri: no weights file given; run the Score-MRI training rule first")
+    weights = weights["model"]
     model, meta = load_score_model(weights)
     for key, same in (("model", str), ("sigma_min", float), ("sigma_max", float)):
         if key in hp and same(hp[key]) != same(meta[key]):

@@ -15,7 +15,7 @@ from fastmri.models import Unet
 from ldpm.data.masks import batch_masks
 from ldpm.io import read_images
 from ldpm.physics import undersample
-from ldpm.train import EpochSampler, Trainer, resolve_device, save_weights, seed_everything, step_rng
+from ldpm.train import EpochSampler, Trainer, load_weights, resolve_device, save_weights, seed_everything, step_rng
 
 log = logging.getLogger("ldpm.unet")
 
@@ -37,12 +37,12 @@ def unet_reconstruct(model: Unet, x_u: torch.Tensor) -> torch.Tensor:
     return model(z) * std + mean
 
 
-def train_unet(train_h5: str | Path, out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
+def train_unet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
                seed: int, device: str = "auto") -> list[dict]:
     """L1 loss on standardised images; fresh masks per step drawn from the training AF/centre-fraction pairs."""
     seed_everything(seed)
     dev = resolve_device(device)
-    images = torch.from_numpy(read_images(train_h5))
+    images = torch.from_numpy(read_images(inputs["train"]))
     model = build_unet(hp).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
     sampler = EpochSampler(len(images), hp["batch_size"], seed)
@@ -64,3 +64,15 @@ def train_unet(train_h5: str | Path, out: str | Path, ckpt_dir: str | Path, hp: 
     history = trainer.run(step)
     save_weights(model, out, metadata={"method": "unet", "seed": str(seed)})
     return history
+
+
+def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):
+    """Our trained U-Net (weights["model"], safetensors); hp["official"] → fastMRI's official brain state dict."""
+    if hp.get("official", False):
+        from ldpm.baselines.varnet import load_official_unet
+
+        model = load_official_unet(weights["model"], hp)
+    else:
+        model = load_weights(build_unet(hp), weights["model"])
+    model = model.to(device).eval()
+    return lambda x_u, k_u, mask: unet_reconstruct(model, x_u)

@@ -52,13 +52,13 @@ def varnet_reconstruct(model: VarNet, k_u: torch.Tensor, mask: torch.Tensor) -> 
     return model(masked_kspace, mask[..., None].bool(), None)[:, None]
 
 
-def train_varnet(train_h5: str | Path, out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
+def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
                  seed: int, device: str = "auto") -> list[dict]:
     """SSIM loss as fastMRI's VarNetModule (data_range = volume max, which is 1 after our per-volume normalisation);
     Adam; fresh masks per step drawn from the training AF/centre-fraction pairs, as for the U-Net."""
     seed_everything(seed)
     dev = resolve_device(device)
-    images = torch.from_numpy(read_images(train_h5))
+    images = torch.from_numpy(read_images(inputs["train"]))
     model = build_varnet(hp).to(dev)
     loss_fn = SSIMLoss().to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
@@ -133,21 +133,11 @@ def load_official_unet(path: str | Path, hp: dict | None = None) -> Unet:
 
 # ---------------------------------------------------------------- reconstructors
 
-def reconstructor(weights: Path | None, hp: dict, device: torch.device):
+def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):
     """E2E-VarNet: hp['official'] true → official fastMRI .pt state dict, else our trained safetensors."""
-    if weights is None:
-        raise LdpmError("varnet: no weights file given; train it first or set the official weights path")
     if hp.get("official", False):
-        model = load_official_varnet(weights, hp)
+        model = load_official_varnet(weights["model"], hp)
     else:
-        model = load_weights(build_varnet(hp), weights)
+        model = load_weights(build_varnet(hp), weights["model"])
     model = model.to(device).eval()
     return lambda x_u, k_u, mask: varnet_reconstruct(model, k_u, mask)
-
-
-def official_unet_reconstructor(weights: Path | None, hp: dict, device: torch.device):
-    """fastMRI U-Net with official weights (our own trained U-Net is `ldpm.reconstruct.unet`)."""
-    if weights is None:
-        raise LdpmError("unet: no official weights file given; set the official weights path")
-    model = load_official_unet(weights, hp).to(device).eval()
-    return lambda x_u, k_u, mask: unet_reconstruct(model, x_u)

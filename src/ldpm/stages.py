@@ -1,0 +1,39 @@
+"""Where `ldpm train MODEL` and `ldpm reconstruct METHOD` find their code: one line per model or method.
+
+Entries are "module:function" strings, imported only when used, so `ldpm masks` does not pay for diffusers.
+
+Contracts (every entry follows them, so the CLI and the Snakemake rules have one code path):
+- trainer(inputs, out, ckpt_dir, hp, masks, seed, device) -> history. `inputs` maps names to files the stage
+  reads (e.g. {"train": "results/data/train.h5", "sketcher": ".../sketcher.safetensors"}); `out` is the final
+  safetensors file; `ckpt_dir` holds resumable checkpoints; `hp` is the model's config block; `masks` the
+  config's `masks.train` block (fresh masks per step; stages without masks ignore it).
+- reconstructor factory(weights, hp, device) -> callable(x_u, k_u, mask) -> image, all (B, 1, H, W).
+  `weights` maps names to files (empty for zero-filled).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from ldpm import LdpmError
+
+TRAINERS: dict[str, str] = {
+    "unet": "ldpm.baselines.unet:train_unet",
+    "varnet": "ldpm.baselines.varnet:train_varnet",
+    "score_mri": "ldpm.baselines.score_mri:train_score_mri",
+}
+
+RECONSTRUCTORS: dict[str, str] = {
+    "zero_filled": "ldpm.reconstruct:zero_filled",
+    "unet": "ldpm.baselines.unet:reconstructor",
+    "varnet": "ldpm.baselines.varnet:reconstructor",
+    "score_mri": "ldpm.baselines.score_mri:reconstructor",
+}
+
+
+def resolve(table: dict[str, str], name: str, what: str) -> Callable:
+    if name not in table:
+        raise LdpmError(f"unknown {what} '{name}'; known: {', '.join(sorted(table))}")
+    module, func = table[name].split(":")
+    return getattr(importlib.import_module(module), func)
