@@ -16,6 +16,10 @@ include: "workflow/rules/baselines.smk"
 include: "workflow/rules/ldpm.smk"
 
 
+# Cheap rules run on the submit host when a cluster executor is used (profiles/slurm).
+localrules: all, masks, tables, figure2
+
+
 rule all:
     input:
         expand("results/tables/{table}_af{af}.{ext}", table=["table1", "table3"],

@@ -21,7 +21,7 @@ from ldpm.data.masks import load_test_masks
 from ldpm.io import atomic_output, read_images, read_table
 from ldpm.physics import undersample
 from ldpm.stages import RECONSTRUCTORS, resolve
-from ldpm.train import resolve_device
+from ldpm.train import autocast, resolve_device
 
 log = logging.getLogger("ldpm.reconstruct")
 
@@ -48,7 +48,7 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
     out_images = np.empty(images.shape, dtype=np.float32)
     t0 = time.time()
     # Samplers that need gradients (k-space guidance) re-enable them locally.
-    with torch.no_grad():
+    with torch.no_grad(), autocast(dev):
         for start in tqdm(range(0, len(images), batch_size), desc=f"reconstruct {method}", mininterval=2.0,
                           disable=None):
             x = images[start:start + batch_size, None].to(dev)

@@ -33,6 +33,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (Hopper/Ampere: ~2x matmul throughput, no loss scaling needed); a no-op on CPU, so
+    CPU runs stay in float32 and bit-reproducible."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -81,6 +87,10 @@ class Trainer:
     def ckpt_path(self) -> Path:
         return self.ckpt_dir / "last.pt"
 
+    def _device(self) -> torch.device:
+        params = (p for m in self.modules.values() for p in m.parameters())
+        return next(params, torch.empty(0)).device
+
     def save_checkpoint(self, step: int) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         state = {
@@ -119,7 +129,8 @@ class Trainer:
         bar = tqdm(range(start, self.total_steps), desc=self.desc, initial=start, total=self.total_steps,
                    mininterval=2.0, disable=None)
         for step in bar:
-            losses = step_fn(step)
+            with autocast(self._device()):
+                losses = step_fn(step)
             self.history.append({"step": step, **{k: float(v) for k, v in losses.items()}})
             if step % 25 == 0 or step == self.total_steps - 1:
                 msg = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
