@@ -8,6 +8,10 @@ if not workflow.config_settings.configfiles:
     configfile: "config.yaml"
 
 
+# `snakemake --report results/report.html`: tables, figures, provenance audits with captions from workflow/report/.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -17,7 +21,7 @@ include: "workflow/rules/ldpm.smk"
 
 
 # Cheap rules run on the submit host when a cluster executor is used (profiles/slurm).
-localrules: all, masks, tables, figure2
+localrules: all, masks, tables, figure2, stats, audit
 
 
 rule all:

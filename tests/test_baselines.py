@@ -1,17 +1,19 @@
-"""E2E-VarNet and Score-MRI baselines: shapes, training signal, official weight formats, DSM loss, PC sampler physics."""
+"""E2E-VarNet, SwinMR and Score-MRI baselines: shapes, training signal, official weight formats, data consistency,
+SwinMR's loss, DSM loss, PC sampler physics."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from ldpm import LdpmError
-from ldpm.baselines import score_mri, varnet
+from ldpm.baselines import score_mri, swinmr, varnet
 from ldpm.baselines.unet import unet_reconstruct
 from ldpm.io import write_images
-from ldpm.physics import fft2, undersample
+from ldpm.physics import fft2, ifft2, undersample
 
 TINY_VARNET = {"num_cascades": 2, "chans": 4, "pools": 2, "sens_chans": 4, "sens_pools": 2}
 SMALL_UNET = {"chans": 4, "num_pool_layers": 2}
@@ -241,3 +243,215 @@ def test_score_mri_paper_config_forward_at_320():
         out = model(torch.rand(1, 1, 320, 320), torch.tensor([10.0])).sample
     print(f"NCSN++ paper config: {n_params / 1e6:.1f}M parameters, one 320² forward {time.time() - t0:.1f} s")
     assert out.shape == (1, 1, 320, 320) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- data consistency and official weights, per method
+
+class _Zero(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def test_varnet_soft_dc_holds_the_measurements_when_the_last_cascade_is_a_projection():
+    """VarNet's DC is soft, k ← k − η·M(k − k_u) − R(k): with learned η and regulariser R the sampled lines only
+    move towards k_u. With η = 1 and R = 0 in the last cascade it is the projection onto the measurements: then,
+    through our 1-coil wrapper (mask layout, coil axis), the final k-space holds k_u exactly on the sampled lines
+    and the output is the magnitude of that image."""
+    torch.manual_seed(0)
+    model = varnet.build_varnet(TINY_VARNET).eval()
+    x, mask = smooth_images(2), column_mask(2, 32)
+    k_u, _ = undersample(x, mask)
+    last = model.cascades[-1]
+    last.model = _Zero()
+    captured = {}
+    last.register_forward_hook(lambda m, i, out: captured.update(k=torch.view_as_complex(out.contiguous())))
+    with torch.no_grad():
+        last.dc_weight.fill_(1.0)
+        out = varnet.varnet_reconstruct(model, k_u, mask)
+        k = captured["k"]
+        sampled = mask.expand_as(k_u).bool()
+        torch.testing.assert_close(k[sampled], k_u[sampled], rtol=0, atol=1e-5)
+        assert (k[~sampled] - k_u[~sampled]).abs().max() > 1e-2  # the other lines were filled in, not zeroed
+        torch.testing.assert_close(out, ifft2(k).abs(), rtol=0, atol=1e-5)
+        last.dc_weight.fill_(0.5)  # soft: halfway from the cascade's input to the measurements
+        varnet.varnet_reconstruct(model, k_u, mask)
+        assert (captured["k"] - k_u)[sampled].abs().max() > 1e-3
+
+
+def test_official_state_dicts_load_through_the_reconstructors(tmp_path):
+    """The Snakemake path: hp official=true makes the reconstructor read an official-format (Lightning) state dict."""
+    from ldpm.baselines import unet
+
+    torch.manual_seed(0)
+    x, mask = smooth_images(2), column_mask(2, 32)
+    k_u, x_u = undersample(x, mask)
+    cases = [(varnet, varnet.build_varnet(TINY_VARNET), "varnet.", TINY_VARNET),
+             (unet, varnet.build_unet(varnet.PAPER_UNET | SMALL_UNET), "unet.", SMALL_UNET)]
+    for module, model, prefix, hp in cases:
+        path = tmp_path / f"{prefix}ckpt"
+        torch.save({"state_dict": {prefix + k: v for k, v in model.state_dict().items()}}, path)
+        recon = module.reconstructor({"model": path}, hp | {"official": True}, torch.device("cpu"))
+        expected = (varnet.varnet_reconstruct(model.eval(), k_u, mask) if module is varnet
+                    else unet_reconstruct(model.eval(), x_u))
+        with torch.no_grad():
+            torch.testing.assert_close(recon(x_u, k_u, mask), expected, rtol=0, atol=0)
+
+
+def test_official_weights_in_config_replace_training_and_a_missing_file_is_named(tmp_path):
+    """varnet.official: true plans no varnet training and reads `weights`; a missing file stops the run first."""
+    import yaml
+    from test_pipeline import small_config, snakemake
+
+    cfg = small_config() | {"methods": ["zero_filled", "varnet"]}
+    cfg["varnet"].update(official=True, weights="weights/varnet_brain.pt")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    missing = snakemake(tmp_path, "-n")
+    assert missing.returncode != 0
+    assert "config key varnet.weights: weights/varnet_brain.pt not found" in missing.stderr.strip().splitlines()[-1]
+    (tmp_path / "weights").mkdir()
+    torch.save(varnet.build_varnet(cfg["varnet"]).state_dict(), tmp_path / "weights/varnet_brain.pt")
+    planned = snakemake(tmp_path, "-n")
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert "results/recon/varnet/af8.h5" in planned.stdout and "results/models/varnet" not in planned.stdout
+
+
+# ---------------------------------------------------------------- SwinMR
+
+TINY_SWINMR = {"embed_dim": 16, "depths": [1], "num_heads": [2], "window_size": 8, "mlp_ratio": 2.0,
+               "alpha": 15.0, "beta": 0.1, "gamma": 0.0025, "vgg_weights": None, "patch_size": None, "augment": False,
+               "lr": 1e-3, "lr_milestones": [], "lr_gamma": 0.5, "batch_size": 4, "epochs": 1, "ckpt_every": 100}
+
+
+@pytest.fixture(scope="module")
+def vgg19_file(tmp_path_factory) -> str:
+    """torchvision-format vgg19 feature weights, seeded random: a stand-in for ImageNet's, to check the wiring."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("vgg") / "vgg19.pth"
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["E"]).state_dict().items()}, path)
+    return str(path)
+
+
+def _charb(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(np.sqrt((a - b) ** 2 + 1e-9)))
+
+
+def test_swinmr_loss_terms_match_an_independent_computation(vgg19_file):
+    """15·Charb(image) + 0.1·½[Charb(Re) + Charb(Im)] of numpy's unnormalised FFT over all axes (SwinMR's fft_map)
+    + 0.0025·VGG19 perceptual (torchvision's network cut as SwinMR cuts it, pre-ReLU conv outputs)."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    x = smooth_images(2, seed=1)
+    x_rec = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    a, b = x_rec.numpy().astype(np.float64), x.numpy().astype(np.float64)
+    image = _charb(a, b)
+    ka, kb = np.fft.fftn(a), np.fft.fftn(b)
+    freq = (_charb(ka.real, kb.real) + _charb(ka.imag, kb.imag)) / 2
+
+    total, terms = swinmr.swinmr_loss(x_rec, x)
+    assert terms["perceptual_on"] == 0 and terms["perceptual"] == 0
+    assert terms["image"] == pytest.approx(image, rel=1e-5)
+    assert terms["freq"] == pytest.approx(freq, rel=1e-4)
+    assert float(total) == pytest.approx(15 * image + 0.1 * freq, rel=1e-4)
+
+    net = make_layers(cfgs["E"])
+    net.load_state_dict({k.removeprefix("features."): v for k, v in torch.load(vgg19_file, weights_only=True).items()})
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def feats(im):  # SwinMR's VGGFeatureExtractor: children (l_prev, l] of vgg19.features, outputs cloned
+        h, out, prev = (im.repeat(1, 3, 1, 1) - mean) / std, [], -1
+        for layer in (2, 7, 16, 25, 34):
+            h = net[prev + 1: layer + 1](h)
+            out.append(h.clone())
+            prev = layer
+        return out
+
+    with torch.no_grad():
+        expected = sum(w * (p - q).abs().mean() for w, p, q in zip((0.1, 0.1, 1, 1, 1), feats(x_rec), feats(x)))
+        vgg = swinmr.SwinMRPerceptual(vgg19_file)
+        total, terms = swinmr.swinmr_loss(x_rec, x, vgg)
+    assert terms["perceptual_on"] == 1
+    assert terms["perceptual"] == pytest.approx(float(expected), rel=1e-4)
+    assert float(total) == pytest.approx(15 * image + 0.1 * freq + 0.0025 * float(expected), rel=1e-4)
+
+
+def test_swinmr_patches_cut_the_same_window_and_apply_the_same_flip_or_rotation():
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
+    rng = np.random.default_rng(0)
+    a, b = swinmr.patches(x, x + 1000, 8, False, rng)
+    assert a.shape == (2, 1, 8, 8) and (b - a == 1000).all()
+    assert all(any(torch.equal(a[k], x[k, :, i:i + 8, j:j + 8]) for i in range(9) for j in range(9)) for k in range(2))
+    dihedral = [torch.rot90(x, r, dims=(-2, -1)).flip(-1) if f else torch.rot90(x, r, dims=(-2, -1))
+                for f in (0, 1) for r in range(4)]
+    seen = set()
+    for _ in range(20):  # each image gets one of the 8 flips/rotations, all 8 occur
+        a, b = swinmr.patches(x, x + 1000, None, True, rng)
+        assert (b - a == 1000).all()
+        for k in range(2):
+            modes = [m for m, d in enumerate(dihedral) if torch.equal(a[k], d[k])]
+            assert len(modes) == 1
+            seen.add(modes[0])
+    assert seen == set(range(8))
+
+
+def test_swinmr_lr_schedule_halves_at_milestones():
+    hp = {"lr": 2e-4, "lr_gamma": 0.5, "lr_milestones": [10, 20]}
+    assert [swinmr.lr_at(s, hp) for s in (0, 9, 10, 19, 20, 99)] == [2e-4, 2e-4, 1e-4, 1e-4, 5e-5, 5e-5]
+
+
+def test_swinmr_trains_records_the_perceptual_switch_and_reconstructs(tmp_path, vgg19_file):
+    from safetensors import safe_open
+
+    write_images(tmp_path / "train.h5", smooth_images(8, seed=1)[:, 0].numpy())
+    masks = {"accelerations": [8], "center_fractions": [0.04]}
+    x, mask = smooth_images(2, seed=2), column_mask(2, 32)
+    k_u, x_u = undersample(x, mask)
+    runs = {"off": TINY_SWINMR, "on": TINY_SWINMR | {"vgg_weights": vgg19_file}}
+    for name, hp in runs.items():
+        out = tmp_path / f"swinmr_{name}.safetensors"
+        history = swinmr.train_swinmr({"train": tmp_path / "train.h5"}, out, tmp_path / f"ck_{name}", hp, masks, 0,
+                                      "cpu")
+        assert len(history) == 2 and all(h["perceptual_on"] == (name == "on") for h in history)
+        with safe_open(str(out), framework="pt") as fh:
+            assert fh.metadata()["perceptual"].startswith(name)
+    recon = swinmr.reconstructor({"model": out}, hp, torch.device("cpu"))
+    with torch.no_grad():
+        assert recon(x_u, k_u, mask).shape == x.shape
+    with pytest.raises(LdpmError, match="nope.safetensors: weights file not found"):
+        swinmr.reconstructor({"model": tmp_path / "nope.safetensors"}, hp, torch.device("cpu"))
+    with pytest.raises(LdpmError, match="swinmr.patch_size: 64 is larger than the 32 px training images"):
+        swinmr.train_swinmr({"train": tmp_path / "train.h5"}, tmp_path / "x.safetensors", tmp_path / "ck_x",
+                            TINY_SWINMR | {"patch_size": 64}, masks, 0, "cpu")
+    with pytest.raises(LdpmError, match="VGG weights not found"):
+        swinmr.train_swinmr({"train": tmp_path / "train.h5"}, tmp_path / "x.safetensors", tmp_path / "ck_x",
+                            TINY_SWINMR | {"vgg_weights": str(tmp_path / "none.pth")}, masks, 0, "cpu")
+
+
+def test_swinmr_paper_config_is_swinirs_paper_body():
+    """SwinMR nPI and the Sketcher's R share one body: the paper SwinMR block builds SwinIR's paper network."""
+    from ldpm.models.swinir import SWINIR_CONFIGS, build_swinir
+
+    paper = {"embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6, "window_size": 8, "mlp_ratio": 2.0}
+    assert all(SWINIR_CONFIGS["paper"][k] == v for k, v in paper.items())
+    with torch.device("meta"):  # shapes only: no memory, no init
+        ours, sketcher_body = swinmr.build_swinmr(paper), build_swinir("paper")
+    assert ours.global_residual and 11 < sum(p.numel() for p in ours.parameters()) / 1e6 < 12.5
+    shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}  # noqa: E731
+    assert shapes(ours) == shapes(sketcher_body)
+
+
+@pytest.mark.slow
+def test_swinmr_paper_config_training_step_on_a_96_patch():
+    """SwinMR trains on 96 px patches: a 320² forward + backward of this network needs > 20 GB (the 320² forward
+    alone is in test_paper_shapes)."""
+    torch.manual_seed(0)
+    model = swinmr.build_swinmr({"embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6, "window_size": 8,
+                                 "mlp_ratio": 2.0})
+    x = torch.rand(1, 1, 96, 96)
+    t0 = time.time()
+    loss, _ = swinmr.swinmr_loss(model(x), x)
+    loss.backward()
+    print(f"SwinMR paper config: one 96² forward + backward {time.time() - t0:.1f} s")
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from conftest import REPO
 from fastmri.data.subsample import RandomMaskFunc
 from skimage.metrics import structural_similarity
 
 from ldpm import LdpmError
+from ldpm.cli import main
+from ldpm.config import validate_config
 from ldpm.data.masks import load_test_masks, make_test_masks, sample_mask
 from ldpm.evaluate.metrics import evaluate
 from ldpm.evaluate.tables import table1, table3
-from ldpm.io import read_images, write_images
+from ldpm.io import write_images
 
 
 @pytest.mark.parametrize("af,cf", [(8, 0.04), (4, 0.08)])
@@ -44,11 +50,13 @@ def _fake_test_set(tmp_path):
     rng = np.random.default_rng(0)
     gt = rng.random((6, 16, 16)).astype(np.float32)
     pred = (gt + 0.05 * rng.standard_normal(gt.shape)).astype(np.float32)
-    meta = pd.DataFrame({"slice_id": [f"v{i // 3}:{i % 3:03d}" for i in range(6)], "volume": [f"v{i // 3}" for i in range(6)],
+    meta = pd.DataFrame({"slice_id": [f"v{i // 3}:{i % 3:03d}" for i in range(6)],
+                         "volume": [f"v{i // 3}" for i in range(6)],
                          "dataset": "brain", "acquisition": ["AXT1"] * 3 + ["AXT2"] * 3, "field_strength": 3.0,
                          "system_model": "Skyra", "patient_id": ["p0"] * 3 + ["p1"] * 3})
     write_images(tmp_path / "test.h5", gt)
     meta.to_csv(tmp_path / "test.csv", index=False)
+    make_test_masks(meta.slice_id.tolist(), 16, 4, 0.08, seed=0, out=tmp_path / "masks.npz")
     import h5py
     with h5py.File(tmp_path / "recon.h5", "w") as fh:
         fh["recon"] = pred
@@ -57,8 +65,8 @@ def _fake_test_set(tmp_path):
 
 def test_metrics_follow_fastmri_protocol(tmp_path):
     gt, pred = _fake_test_set(tmp_path)
-    vols = evaluate(tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "recon.h5", "unet", 8,
-                    tmp_path / "v.csv", tmp_path / "s.csv")
+    vols = evaluate(tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "recon.h5", tmp_path / "masks.npz",
+                    "unet", 8, tmp_path / "v.csv", tmp_path / "s.csv")
     for v, sl in zip(vols.itertuples(), [slice(0, 3), slice(3, 6)]):
         g, p = gt[sl].astype(np.float64), pred[sl].astype(np.float64)
         maxval = g.max()
@@ -68,6 +76,8 @@ def test_metrics_follow_fastmri_protocol(tmp_path):
         assert v.ssim == pytest.approx(ssim, rel=1e-4)
     slices = pd.read_csv(tmp_path / "s.csv")
     assert len(slices) == 6 and set(slices.method) == {"unet"}
+    assert {"hfen", "kspace_residual"} <= set(vols.columns) & set(slices.columns)
+    assert (vols.hfen > 0).all() and (vols.kspace_residual > 0).all()
 
     t1 = table1(vols, ["zero_filled", "unet"], {"dataset": "brain"}, 8, tmp_path / "table1")
     assert list(t1.index) == ["U-Net"], "methods that were not run are absent, not faked"
@@ -78,8 +88,8 @@ def test_metrics_follow_fastmri_protocol(tmp_path):
 def test_table3_column_per_config_split(tmp_path):
     """Adding a split in config adds a column; no code change."""
     _fake_test_set(tmp_path)
-    vols = evaluate(tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "recon.h5", "unet", 8,
-                    tmp_path / "v.csv", tmp_path / "s.csv")
+    vols = evaluate(tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "recon.h5", tmp_path / "masks.npz",
+                    "unet", 8, tmp_path / "v.csv", tmp_path / "s.csv")
     splits = {"all": {"dataset": "brain"}, "T2 only": {"acquisition": "AXT2"}, "Skyra": {"system_model": "Skyra"}}
     t3 = table3(vols, ["unet"], splits, 8, tmp_path / "table3")
     assert list(t3.columns) == ["all", "T2 only", "Skyra"]
@@ -88,3 +98,26 @@ def test_table3_column_per_config_split(tmp_path):
         table3(vols, ["unet"], {"empty": {"acquisition": "AXFLAIR"}}, 8, tmp_path / "t")
     with pytest.raises(LdpmError, match="test_splits.bad.scanner: no such index column"):
         table3(vols, ["unet"], {"bad": {"scanner": "x"}}, 8, tmp_path / "t")
+
+
+def test_table3_new_config_split_is_a_new_column_through_the_cli(tmp_path):
+    """The path the tables rule takes: config.yaml → validated config → `ldpm tables --test-splits <json>`.
+    A split appended in the config (here on a column no code mentions) becomes the last column of every format."""
+    _fake_test_set(tmp_path)
+    evaluate(tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "recon.h5", tmp_path / "masks.npz",
+             "unet", 8, tmp_path / "v.csv", tmp_path / "s.csv")
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["test_splits"] = {"all": {"dataset": "brain"}, "T1": {"dataset": "brain", "acquisition": "AXT1"}}
+    columns = {}
+    for extra in [{}, {"Skyra p1": {"system_model": "Skyra", "patient_id": "p1"}}]:
+        config = validate_config(cfg | {"test_splits": cfg["test_splits"] | extra})
+        out = tmp_path / f"tables{len(extra)}"
+        assert main(["tables", "--metrics", str(tmp_path / "v.csv"), "--methods", json.dumps(config["methods"]),
+                     "--test-splits", json.dumps(config["test_splits"]), "--main-split", config["main_split"],
+                     "--acceleration", "8", "--out-dir", str(out)]) == 0
+        columns[len(extra)] = list(pd.read_csv(out / "table3_af8.csv", index_col=0).columns)
+        for fmt in ["md", "tex"]:
+            assert ("Skyra p1" in (out / f"table3_af8.{fmt}").read_text()) == bool(extra)
+    assert columns == {0: ["all", "T1"], 1: ["all", "T1", "Skyra p1"]}
+    t3 = pd.read_csv(tmp_path / "tables1" / "table3_af8.csv", index_col=0)
+    assert t3.loc["U-Net", "Skyra p1"] == pytest.approx(pd.read_csv(tmp_path / "v.csv").psnr.iloc[1])

@@ -21,3 +21,18 @@ def test_slurm_profile_dry_run_puts_gpus_on_training_and_sampling(tmp_path):
         jobs.setdefault(name, res.group(1) if res else "")
     assert "gpu=1" in jobs["train"] and "gpu=1" in jobs["reconstruct"]
     assert "gpu=1" not in jobs["preprocess"] and "gpu=1" not in jobs["masks"]
+
+
+def test_paper_config_validates_with_local_paths(tmp_path):
+    """configs/paper.yaml is a valid config once its PATH entries point at existing directories."""
+    import yaml
+
+    from ldpm.config import validate_config
+
+    cfg = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    for name, spec in cfg["data"]["datasets"].items():
+        spec["paths"] = [str(tmp_path / name)]
+        (tmp_path / name).mkdir()
+    cfg = validate_config(cfg)
+    assert cfg["data"]["image_size"] == 320 and cfg["score_mri"]["n_steps"] == 2000
+    assert cfg["ldpm"]["mrvae"]["lam"] == 0.65 and cfg["ldpm"]["mrcn"]["batch_size"] == 16

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 
 def _json(text: str):
@@ -62,25 +63,93 @@ def cmd_reconstruct(a: argparse.Namespace) -> None:
 def cmd_metrics(a: argparse.Namespace) -> None:
     from ldpm.evaluate.metrics import evaluate
 
-    evaluate(a.test_h5, a.test_csv, a.recon, a.method, a.acceleration, a.out_volumes, a.out_slices)
+    evaluate(a.test_h5, a.test_csv, a.recon, a.masks, a.method, a.acceleration, a.out_volumes, a.out_slices)
+
+
+def _recons(a: argparse.Namespace) -> dict[str, str]:
+    from ldpm import LdpmError
+
+    if len(a.methods) != len(a.recon):
+        raise LdpmError(f"--methods has {len(a.methods)} names but --recon {len(a.recon)} files; give one per method")
+    return dict(zip(a.methods, a.recon))
+
+
+def cmd_perceptual(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.perceptual import load_backbones, perceptual_metrics
+
+    backbones = load_backbones(a.weights_dir, a.use_hub_cache)
+    perceptual_metrics(a.test_h5, a.test_csv, _recons(a), a.split_filter, backbones, a.out,
+                       split_name=a.split_name, device=a.device, seed=a.seed)
 
 
 def cmd_tables(a: argparse.Namespace) -> None:
     from pathlib import Path
 
     from ldpm.evaluate.tables import load_volume_metrics, table1, table3
+    from ldpm.io import read_table
 
     volumes = load_volume_metrics(a.metrics)
+    perceptual = read_table(a.perceptual) if a.perceptual else None
     out = Path(a.out_dir)
-    table1(volumes, a.methods, a.test_splits[a.main_split], a.acceleration, out / f"table1_af{a.acceleration}")
+    table1(volumes, a.methods, a.test_splits[a.main_split], a.acceleration, out / f"table1_af{a.acceleration}",
+           perceptual)
     table3(volumes, a.methods, a.test_splits, a.acceleration, out / f"table3_af{a.acceleration}")
+
+
+def cmd_stats(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.stats import stats_table
+    from ldpm.evaluate.tables import load_volume_metrics
+
+    stats_table(load_volume_metrics(a.metrics), a.methods, a.split_filter, a.acceleration, a.out_stem,
+                n_boot=a.n_boot, confidence=a.confidence, seed=a.seed)
 
 
 def cmd_figure2(a: argparse.Namespace) -> None:
     from ldpm.evaluate.figures import figure2
 
-    recons = dict(zip(a.methods, a.recon))
-    figure2(a.test_h5, a.test_csv, recons, a.out, split_filter=a.split_filter, n_examples=a.n_examples)
+    figure2(a.test_h5, a.test_csv, _recons(a), a.out, zero_filled=a.zero_filled, split_filter=a.split_filter,
+            n_examples=a.n_examples)
+
+
+def cmd_table2(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.ablations import table2
+    from ldpm.evaluate.tables import load_volume_metrics
+
+    table2(load_volume_metrics(a.metrics), a.methods, a.split_filter, a.split_name, a.acceleration, a.out_stem)
+
+
+def cmd_figure3(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.ablations import figure3
+
+    figure3(a.test_h5, a.test_csv, a.weights, a.hp, a.out, a.out_csv, split_filter=a.split_filter,
+            split_name=a.split_name)
+
+
+def cmd_audit(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.tables import METHOD_LABELS
+    from ldpm.provenance import audit
+
+    method = {v: k for k, v in METHOD_LABELS.items()}.get(a.method, a.method)
+    text = "\n".join(audit(a.paths, method=method, max_raw=a.max_raw, verify_raw=a.verify_raw)) + "\n"
+    if a.out:
+        from ldpm.io import atomic_output
+
+        with atomic_output(a.out) as tmp:
+            tmp.write_text(text)
+    else:
+        print(text, end="")
+
+
+def cmd_weights(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.perceptual import WEIGHTS, fetch_weights, find_weight, missing_note
+
+    if a.action == "fetch":
+        for path in fetch_weights(a.dir):
+            print(f"{path}: ok")
+        return
+    for key, spec in WEIGHTS.items():
+        path = find_weight(key, a.dir)
+        print(f"{spec.metrics}: {path} (sha256 ok)" if path else missing_note(key, a.dir))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,15 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_reconstruct)
 
-    s = sub.add_parser("metrics", help="per-volume and per-slice PSNR/SSIM/NMSE")
+    s = sub.add_parser("metrics", help="per-volume and per-slice PSNR/SSIM/NMSE/HFEN/k-space residual")
     s.add_argument("--test-h5", required=True)
     s.add_argument("--test-csv", required=True)
     s.add_argument("--recon", required=True)
+    s.add_argument("--masks", required=True, help="the test masks the reconstruction used (k-space residual)")
     s.add_argument("--method", required=True)
     s.add_argument("--acceleration", type=int, required=True)
     s.add_argument("--out-volumes", required=True)
     s.add_argument("--out-slices", required=True)
     s.set_defaults(func=cmd_metrics)
+
+    s = sub.add_parser("perceptual", help="LPIPS, rFID, KID per method from local backbone weights (else n/a)")
+    s.add_argument("--test-h5", required=True)
+    s.add_argument("--test-csv", required=True)
+    s.add_argument("--methods", nargs="+", required=True)
+    s.add_argument("--recon", nargs="+", required=True, help="one file per method, same order")
+    s.add_argument("--split-filter", type=_json, default={})
+    s.add_argument("--split-name", default="main")
+    s.add_argument("--weights-dir", default="weights")
+    s.add_argument("--no-hub-cache", dest="use_hub_cache", action="store_false",
+                   help="look only in --weights-dir, not in the torch hub cache")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_perceptual)
 
     s = sub.add_parser("tables", help="Tables I and III from per-volume metrics")
     s.add_argument("--metrics", nargs="+", required=True)
@@ -155,29 +240,85 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-splits", type=_json, required=True)
     s.add_argument("--main-split", required=True)
     s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--perceptual", help="csv of `ldpm perceptual`; without it LPIPS/rFID/KID read n/a")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_tables)
+
+    s = sub.add_parser("stats", help="bootstrap CIs over subjects and paired Wilcoxon tests of LDPM vs each method")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--methods", type=_json, required=True)
+    s.add_argument("--split-filter", type=_json, default={})
+    s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--n-boot", type=int, default=2000)
+    s.add_argument("--confidence", type=float, default=0.95)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out-stem", required=True, help="writes <stem>.csv and <stem>.md")
+    s.set_defaults(func=cmd_stats)
 
     s = sub.add_parser("figure2", help="example reconstructions with error maps")
     s.add_argument("--test-h5", required=True)
     s.add_argument("--test-csv", required=True)
     s.add_argument("--methods", nargs="+", required=True)
     s.add_argument("--recon", nargs="+", required=True, help="one file per method, same order")
+    s.add_argument("--zero-filled", required=True, help="zero-filled reconstruction (shown under GT)")
     s.add_argument("--split-filter", type=_json, default={})
     s.add_argument("--n-examples", type=int, default=2)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_figure2)
+
+    s = sub.add_parser("table2", help="Table II: LDPM ablations (PSNR / SSIM on the main split)")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--methods", type=_json, required=True, help="ablation methods, in row order")
+    s.add_argument("--split-filter", type=_json, default={})
+    s.add_argument("--split-name", default="main")
+    s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--out-stem", required=True, help="writes <stem>.csv, .md and .tex")
+    s.set_defaults(func=cmd_table2)
+
+    s = sub.add_parser("figure3", help="Fig 3: MR-VAE vs natural-image VAE reconstructions, metrics CSV")
+    s.add_argument("--test-h5", required=True)
+    s.add_argument("--test-csv", required=True)
+    s.add_argument("--weights", type=_json, required=True, help='{"mrvae": file, "natural_vae": file}')
+    s.add_argument("--hp", type=_json, required=True, help="ldpm sub-blocks sd_dir and vae")
+    s.add_argument("--split-filter", type=_json, default={})
+    s.add_argument("--split-name", default="main")
+    s.add_argument("--out", required=True, help="figure (png)")
+    s.add_argument("--out-csv", required=True, help="PSNR / SSIM per VAE")
+    s.set_defaults(func=cmd_figure3)
+
+    s = sub.add_parser("audit", help="provenance chain of an output: table ← metrics ← recon ← … ← raw files")
+    s.add_argument("paths", nargs="+", help="tables, figures, reconstructions … with a .prov.json record")
+    s.add_argument("--method", help="follow one table row only (method name or its label, e.g. U-Net)")
+    s.add_argument("--max-raw", type=int, default=20, help="raw files listed per index (0: all)")
+    s.add_argument("--verify-raw", action="store_true", help="re-hash the raw files against index.csv")
+    s.add_argument("--out", help="write the text here instead of stdout")
+    s.set_defaults(func=cmd_audit, record=False)
+
+    s = sub.add_parser("weights", help="LPIPS / Inception backbone files: check them, or fetch them (internet)")
+    s.add_argument("action", choices=["check", "fetch"], help="fetch downloads and verifies sha256; never "
+                   "called by the pipeline")
+    s.add_argument("--dir", default="weights", help="the pipeline's evaluation.weights_dir")
+    s.set_defaults(func=cmd_weights, record=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from ldpm import LdpmError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    from ldpm import io, provenance
+
+    io.WRITTEN.clear()
+    provenance.EXTRA_INPUTS.clear()
+    started = time.time()
     try:
         args.func(args)
+        # One provenance sidecar per output, written here so that no stage can forget it.
+        if getattr(args, "record", True):
+            provenance.record_stage(args, argv, list(io.WRITTEN), started, time.time())
     except LdpmError as exc:
         print(f"ldpm: error: {exc}", file=sys.stderr)
         return 2

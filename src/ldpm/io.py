@@ -18,6 +18,10 @@ import pandas as pd
 from ldpm import LdpmError
 
 
+# Files completed by atomic_output in this process: `ldpm.cli.main` writes a provenance sidecar for each.
+WRITTEN: list[Path] = []
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block finishes without error."""
@@ -27,6 +31,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+        WRITTEN.append(path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -68,6 +73,14 @@ def read_images(path: str | Path) -> np.ndarray:
         if "images" not in fh:
             raise LdpmError(f"{path}: no 'images' dataset; regenerate it with the stage that writes it")
         return fh["images"][()]
+
+
+def read_recon(path: str | Path) -> np.ndarray:
+    """(N, H, W) reconstructions written by `ldpm reconstruct` (dataset `recon`)."""
+    with open_h5(path) as fh:
+        if "recon" not in fh:
+            raise LdpmError(f"{path}: no 'recon' dataset; rerun the reconstruct rule that writes it")
+        return fh["recon"][()]
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

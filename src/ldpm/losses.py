@@ -3,8 +3,11 @@
 Eq. 5: L_vae = μ·‖x̂ − x‖₁ + ν·‖VGG(x̂) − VGG(x)‖₁ + ω·KL(N(u, σ²) ‖ N(0, 1)) + λ·L_GAN.
 Images here are in the VAE's space: (B, 3, H, W) in [-1, 1] (see `ldpm.models.latent.to_vae_input`).
 GAN: a PatchGAN discriminator with the hinge loss for D and −E[D(x̂)] for the generator, as in
-taming-transformers / SD's VAE training. λ is the fixed weight of eq. 5 (taming's adaptive weight is not used);
-a caller that wants a discriminator warm-up passes lam=0 for the first steps.
+taming-transformers / SD's VAE training. λ is either the fixed weight of eq. 5 (`last_layer=None`) or, as in SD's
+VAE training, multiplied by the adaptive weight ‖∇_w L_rec‖/‖∇_w L_GAN‖ at the decoder's last layer w, which makes
+λ the size of the GAN gradient relative to the reconstruction gradient. With a fixed λ = 0.65 the unbounded −E[D(x̂)]
+term outgrows the L1 term and wrecks the reconstructions (measured: MR-VAE PSNR 28 → 11 dB on the embedded data).
+A caller that wants a discriminator warm-up passes lam=0 for the first steps.
 """
 
 from __future__ import annotations
@@ -125,20 +128,33 @@ class VGGPerceptual(nn.Module):
         return sum(F.l1_loss(a, b) for a, b in zip(self._feats(x_rec), self._feats(x)))
 
 
+def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: torch.Tensor,
+                        max_weight: float = 1e4) -> torch.Tensor:
+    """‖∇_w rec_loss‖ / ‖∇_w gan_loss‖ at the weight w (clamped, no gradient): scales the GAN term so that its
+    gradient at w is as large as the reconstruction term's."""
+    (g_rec,) = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
+    (g_gan,) = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, max_weight).detach()
+
+
 def mrvae_loss(x: torch.Tensor, x_rec: torch.Tensor, posterior, disc: nn.Module | None,
                vgg: VGGPerceptual | None, mu: float = 1.0, nu: float = 0.2, omega: float = 1e-6,
-               lam: float = 0.65) -> tuple[torch.Tensor, dict[str, float]]:
+               lam: float = 0.65, last_layer: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 5, the VAE (generator) side. Defaults are the paper's μ=1, ν=0.2, ω=1e-6, λ=0.65.
 
     Returns (total, terms). With `vgg=None` the perceptual term is 0 and terms["perceptual_on"] = 0.0; with
-    `disc=None` (or lam=0) the GAN term is skipped.
+    `disc=None` (or lam=0) the GAN term is skipped. With `last_layer` (the decoder's last conv weight) the GAN term
+    is weighted λ·adaptive_gan_weight (terms["gan_weight"]), else λ alone.
     """
     zero = x.new_zeros(())
     l1 = (x_rec - x).abs().mean()
     perc = vgg(x_rec, x) if vgg is not None else zero
     kl = kl_loss(posterior)
     gan = g_adv_loss(disc(x_rec)) if (disc is not None and lam != 0) else zero
-    total = mu * l1 + nu * perc + omega * kl + lam * gan
+    weight = zero + 1
+    if last_layer is not None and gan.requires_grad:
+        weight = adaptive_gan_weight(mu * l1 + nu * perc, gan, last_layer)
+    total = mu * l1 + nu * perc + omega * kl + lam * weight * gan
     terms = {k: float(v.detach()) for k, v in (("l1", l1), ("perceptual", perc), ("kl", kl), ("gan", gan))}
-    terms |= {"perceptual_on": float(vgg is not None), "total": float(total.detach())}
+    terms |= {"perceptual_on": float(vgg is not None), "gan_weight": float(weight), "total": float(total.detach())}
     return total, terms

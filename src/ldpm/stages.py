@@ -21,14 +21,27 @@ from ldpm import LdpmError
 TRAINERS: dict[str, str] = {
     "unet": "ldpm.baselines.unet:train_unet",
     "varnet": "ldpm.baselines.varnet:train_varnet",
+    "swinmr": "ldpm.baselines.swinmr:train_swinmr",
     "score_mri": "ldpm.baselines.score_mri:train_score_mri",
+    # LDPM (ldpm.method): natural-image stand-ins for SD (embedded scale only), SkM, MR-VAE, MRCN
+    "ldpm_natural_vae": "ldpm.method.training:train_natural_vae",
+    "ldpm_natural_unet": "ldpm.method.training:train_natural_unet",
+    "ldpm_sketcher": "ldpm.method.training:train_sketcher",
+    "ldpm_mrvae": "ldpm.method.training:train_mrvae",
+    "ldpm_mrcn": "ldpm.method.training:train_mrcn",
 }
 
 RECONSTRUCTORS: dict[str, str] = {
     "zero_filled": "ldpm.reconstruct:zero_filled",
     "unet": "ldpm.baselines.unet:reconstructor",
     "varnet": "ldpm.baselines.varnet:reconstructor",
+    "swinmr": "ldpm.baselines.swinmr:reconstructor",
     "score_mri": "ldpm.baselines.score_mri:reconstructor",
+    # LDPM and its Table II ablations (ldpm.method.reconstruct)
+    "ldpm": "ldpm.method.reconstruct:ldpm",
+    "ldpm_no_mrvae": "ldpm.method.reconstruct:ldpm_no_mrvae",
+    "ldpm_no_skm": "ldpm.method.reconstruct:ldpm_no_skm",
+    "ldpm_no_dss": "ldpm.method.reconstruct:ldpm_no_dss",
 }
 
 

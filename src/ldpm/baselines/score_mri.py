@@ -51,7 +51,7 @@ def score_mri_configs() -> dict[str, dict]:
     take a 1-channel magnitude.
     """
     return {
-        "tiny": {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1, "attn_resolutions": [16],
+        "tiny": {"block_out_channels": [16, 32, 32, 32], "layers_per_block": 1, "attn_resolutions": [16],
                  "norm_num_groups": 8},
         "paper": {"block_out_channels": [128, 256, 256, 256], "layers_per_block": 4, "attn_resolutions": [16],
                   "norm_num_groups": 32},

@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from fastmri.models import Unet
 
-from ldpm.data.masks import batch_masks
+from ldpm.baselines import undersampled_batch
 from ldpm.io import read_images
-from ldpm.physics import undersample
-from ldpm.train import EpochSampler, Trainer, load_weights, resolve_device, save_weights, seed_everything, step_rng
+from ldpm.train import EpochSampler, Trainer, load_weights, resolve_device, save_weights, seed_everything
 
 log = logging.getLogger("ldpm.unet")
 
@@ -50,10 +49,7 @@ def train_unet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp
                       total_steps=hp["epochs"] * sampler.steps_per_epoch, ckpt_every=hp["ckpt_every"], desc="unet")
 
     def step(i: int) -> dict[str, float]:
-        x = images[sampler.batch(i)][:, None].to(dev)
-        masks = batch_masks(step_rng(seed, 1, i), len(x), x.shape[-1], masks_cfg["accelerations"],
-                            masks_cfg["center_fractions"]).to(dev)
-        _, x_u = undersample(x, masks)
+        x, _, _, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
         z, mean, std = standardise(x_u)
         loss = torch.nn.functional.l1_loss(model(z), ((x - mean) / std))
         optimizer.zero_grad(set_to_none=True)

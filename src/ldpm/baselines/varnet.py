@@ -24,11 +24,10 @@ from fastmri.losses import SSIMLoss
 from fastmri.models import Unet, VarNet
 
 from ldpm import LdpmError
+from ldpm.baselines import undersampled_batch
 from ldpm.baselines.unet import build_unet, unet_reconstruct
-from ldpm.data.masks import batch_masks
 from ldpm.io import read_images
-from ldpm.physics import undersample
-from ldpm.train import EpochSampler, Trainer, load_weights, resolve_device, save_weights, seed_everything, step_rng
+from ldpm.train import EpochSampler, Trainer, load_weights, resolve_device, save_weights, seed_everything
 
 log = logging.getLogger("ldpm.varnet")
 
@@ -68,11 +67,8 @@ def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
     data_range = torch.ones(hp["batch_size"], device=dev)
 
     def step(i: int) -> dict[str, float]:
-        x = images[sampler.batch(i)][:, None].to(dev)
-        masks = batch_masks(step_rng(seed, 1, i), len(x), x.shape[-1], masks_cfg["accelerations"],
-                            masks_cfg["center_fractions"]).to(dev)
-        k_u, _ = undersample(x, masks)
-        loss = loss_fn(varnet_reconstruct(model, k_u, masks), x, data_range=data_range)
+        x, mask, k_u, _ = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
+        loss = loss_fn(varnet_reconstruct(model, k_u, mask), x, data_range=data_range)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,7 +1,8 @@
-"""Figures a person looks at: Fig 2 (example reconstructions with error maps and a zoomed patch)."""
+"""Figures a person looks at: Fig 2 (example reconstructions, zero-filled input, error maps, zoomed patches)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -10,60 +11,82 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ldpm.evaluate.metrics import read_recon  # noqa: E402
-from ldpm.evaluate.tables import METHOD_LABELS  # noqa: E402
-from ldpm.io import atomic_output, read_images, read_table  # noqa: E402
+from ldpm import LdpmError  # noqa: E402
+from ldpm.evaluate.tables import METHOD_LABELS, select  # noqa: E402
+from ldpm.io import atomic_output, read_images, read_recon, read_table  # noqa: E402
 
 
 def pick_examples(test_csv: str | Path, n: int, split_filter: dict) -> list[int]:
-    """Middle slices of the first n volumes (sorted by name) matching the filter: deterministic, no cherry-picking."""
-    meta = read_table(test_csv)
-    for column, wanted in split_filter.items():
-        meta = meta[meta[column].isin(wanted if isinstance(wanted, list) else [wanted])]
-    picks = []
-    for _, rows in sorted(meta.groupby("volume"), key=lambda kv: kv[0])[:n]:
-        picks.append(int(rows.index[len(rows) // 2]))
-    return picks
+    """Middle slice of the first volume (by name) of each of the first n subjects matching the filter:
+    deterministic, no cherry-picking, and the example sets come from different subjects."""
+    meta = select(read_table(test_csv), split_filter, "main")
+    first = meta.sort_values("volume").groupby("patient_id", sort=False)["volume"].first()
+    volumes = sorted(first)[:n]
+    return [int(rows.index[len(rows) // 2]) for _, rows in meta[meta.volume.isin(volumes)].groupby("volume")]
+
+
+def _show(ax, image: np.ndarray, vmax: float, box: tuple[int, int, int], title: str, cmap: str = "gray") -> None:
+    """An image with a yellow box and, as an inset in the lower right corner, the box zoomed."""
+    y0, x0, size = box
+    ax.imshow(image, cmap=cmap, vmin=0, vmax=vmax)
+    inset = ax.inset_axes([0.62, 0.0, 0.38, 0.38])
+    inset.imshow(image[y0:y0 + size, x0:x0 + size], cmap=cmap, vmin=0, vmax=vmax)
+    inset.set_xticks([]), inset.set_yticks([])
+    for spine in inset.spines.values():
+        spine.set_edgecolor("yellow")
+    ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), size, size, fill=False, ec="yellow", lw=0.8))
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([]), ax.set_yticks([])
 
 
 def figure2(test_h5: str | Path, test_csv: str | Path, recons: dict[str, str | Path], out: str | Path, *,
-            split_filter: dict, n_examples: int = 2, zoom: float = 0.25, error_scale: float = 0.2) -> None:
-    """Rows per example: images (GT then each method) and error maps |recon − GT|; a zoomed patch inset."""
+            zero_filled: str | Path, split_filter: dict, n_examples: int = 2, zoom: float = 0.25,
+            error_scale: float = 0.2) -> list[list[str]]:
+    """The paper's Fig 2 layout, one pair of rows per example set (A, B, …):
+    row 1: GT, then each method's reconstruction; row 2: the zero-filled image under GT, then each method's
+    error map |recon − GT|. Every panel has a zoomed patch inset. Returns the panel titles, row by row."""
     gt_all = read_images(test_h5)
     meta = read_table(test_csv)
-    recon_all = {m: read_recon(p) for m, p in recons.items()}
+    zf_all = read_recon(zero_filled)
+    recon_all = {m: read_recon(p) for m, p in recons.items() if m != "zero_filled"}
+    for name, arr in [("zero_filled", zf_all), *recon_all.items()]:
+        if arr.shape != gt_all.shape:
+            raise LdpmError(f"reconstruction of {name}: shape {arr.shape} != test set {gt_all.shape}; rerun it")
     picks = pick_examples(test_csv, n_examples, split_filter)
-    columns = ["GT", *recon_all]
-    fig, axes = plt.subplots(2 * len(picks), len(columns), figsize=(2.0 * len(columns), 4.1 * len(picks)),
-                             squeeze=False)
+    n_cols = 1 + len(recon_all)
+    fig, axes = plt.subplots(2 * len(picks), n_cols, figsize=(2.0 * n_cols, 4.2 * len(picks)), squeeze=False)
+    titles, sources = [], []
     for row, idx in enumerate(picks):
+        letter = chr(ord("A") + row)
         gt = gt_all[idx]
+        vmax = float(gt_all[meta.index[meta.volume == meta.volume[idx]]].max())  # fastMRI data range
         h, w = gt.shape
         size = max(4, int(zoom * h))
-        y0, x0 = h // 2 - size // 2, w // 2 - size // 2
-        for col, name in enumerate(columns):
-            image = gt if name == "GT" else recon_all[name][idx]
-            ax, ax_err = axes[2 * row, col], axes[2 * row + 1, col]
-            ax.imshow(image, cmap="gray", vmin=0, vmax=gt.max())
-            inset = ax.inset_axes([0.62, 0.0, 0.38, 0.38])
-            inset.imshow(image[y0:y0 + size, x0:x0 + size], cmap="gray", vmin=0, vmax=gt.max())
-            inset.set_xticks([]), inset.set_yticks([])
-            ax.add_patch(plt.Rectangle((x0, y0), size, size, fill=False, ec="yellow", lw=0.8))
-            label = "GT" if name == "GT" else METHOD_LABELS.get(name, name)
-            if name != "GT":
-                mse = float(np.mean((image - gt) ** 2))
-                label += f"\n{10 * np.log10(gt.max() ** 2 / mse):.2f} dB"
-                ax_err.imshow(np.abs(image - gt), cmap="inferno", vmin=0, vmax=error_scale * gt.max())
-            else:
-                ax_err.text(0.5, 0.5, f"{meta.volume[idx]}\nslice {meta.slice[idx]}\n{meta.acquisition[idx]}, "
-                            f"{meta.field_strength[idx]} T", ha="center", va="center", fontsize=7)
-            ax.set_title(label, fontsize=8)
-            for a in (ax, ax_err):
-                a.set_xticks([]), a.set_yticks([])
-    fig.suptitle(f"Examples (error maps |recon − GT|, colour range 0–{error_scale:.0%} of the volume max)",
-                 fontsize=9)
-    fig.tight_layout()
+        box = (h // 2 - size // 2, w // 2 - size // 2, size)
+        top, bottom = axes[2 * row], axes[2 * row + 1]
+        top_titles = [f"{letter}1 GT\n{meta.acquisition[idx]}, {meta.field_strength[idx]} T"]
+        sources.append(f"{letter}: {meta.volume[idx]} slice {meta.slice[idx]}")
+        _show(top[0], gt, vmax, box, top_titles[0])
+        bottom_titles = [f"Zero-filled\n{psnr(gt, zf_all[idx], vmax):.2f} dB"]
+        _show(bottom[0], zf_all[idx], vmax, box, bottom_titles[0])
+        for col, (name, recon) in enumerate(recon_all.items(), start=1):
+            label = METHOD_LABELS.get(name, name)
+            top_titles.append(f"{letter}{col + 1} {label}\n{psnr(gt, recon[idx], vmax):.2f} dB")
+            _show(top[col], recon[idx], vmax, box, top_titles[-1])
+            bottom_titles.append(f"error {label}")
+            _show(bottom[col], np.abs(recon[idx] - gt), error_scale * vmax, box, bottom_titles[-1], cmap="inferno")
+        titles += [top_titles, bottom_titles]
+    width = 28 * n_cols  # characters that fit across the figure at this font size
+    fig.suptitle(textwrap.fill(f"GT and reconstructions (slice PSNR); below: zero-filled input and error maps "
+                               f"|recon − GT| (0–{error_scale:.0%} of the volume max)", width), fontsize=7)
+    fig.text(0.5, 0.005, textwrap.fill("; ".join(sources), width), ha="center", va="bottom", fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     with atomic_output(out) as tmp:
         fig.savefig(tmp, dpi=130, format=Path(out).suffix.lstrip(".") or "png")
     plt.close(fig)
+    return titles
 
+
+def psnr(gt: np.ndarray, image: np.ndarray, maxval: float) -> float:
+    mse = float(np.mean((image - gt) ** 2))
+    return float(10 * np.log10(maxval**2 / mse)) if mse > 0 else float("inf")

@@ -39,32 +39,55 @@ def load_volume_metrics(paths: list[str | Path]) -> pd.DataFrame:
     return pd.concat([read_table(p) for p in paths], ignore_index=True)
 
 
-def write_table_formats(table: pd.DataFrame, stem: str | Path, caption: str) -> None:
-    """csv (full precision), md and tex (4 decimals, as the paper prints)."""
+def write_table_formats(table: pd.DataFrame, stem: str | Path, caption: str, notes: list[str] = ()) -> None:
+    """csv (full precision), md and tex (4 decimals, as the paper prints). Missing values read `n/a`;
+    `notes` (why they are missing) follow the md table and end the tex caption."""
     stem = Path(stem)
     with atomic_output(stem.with_suffix(".csv")) as tmp:
-        table.to_csv(tmp)
+        table.to_csv(tmp, na_rep="n/a")
+    footer = "".join(f"\n{n}\n" for n in notes)
+    cells = table.astype(object).where(table.notna(), None)  # object keeps counts integral; None prints as n/a
     with atomic_output(stem.with_suffix(".md")) as tmp:
-        tmp.write_text(f"{caption}\n\n{table.to_markdown(floatfmt='.4f')}\n")
+        tmp.write_text(f"{caption}\n\n{cells.to_markdown(floatfmt='.4f', missingval='n/a')}\n{footer}")
+    tex_caption = " ".join([caption, *notes]).replace("_", r"\_")
     with atomic_output(stem.with_suffix(".tex")) as tmp:
-        tmp.write_text(table.to_latex(float_format="%.4f", caption=caption))
+        tmp.write_text(table.to_latex(float_format="%.4f", caption=tex_caption, na_rep="n/a"))
 
 
 def method_order(frame: pd.DataFrame, methods: list[str]) -> list[str]:
     return [m for m in methods if m in set(frame["method"])]
 
 
+def perceptual_columns(perceptual: pd.DataFrame | None, methods: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """LPIPS / rFID / KID per method (NaN where n/a) and the footnotes that say why cells are n/a."""
+    cols = pd.DataFrame(index=methods, columns=["LPIPS", "rFID", "KID"], dtype=float)
+    if perceptual is None:
+        return cols, ["LPIPS, rFID, KID: n/a, perceptual metrics were not computed for this table."]
+    frame = perceptual.set_index("method").reindex(methods)
+    cols["LPIPS"], cols["rFID"], cols["KID"] = frame["lpips"], frame["rfid"], frame["kid"]
+    notes = []
+    for column in ["lpips_note", "fid_note"]:
+        notes += sorted({n for n in perceptual[column] if isinstance(n, str) and n})
+    n_images = perceptual["n_images"].iloc[0] if len(perceptual) else 0
+    if cols[["rFID", "KID"]].notna().any().any():
+        notes.append(f"rFID/KID compare {n_images} reconstructed slices with their ground truths (the paper: 934); "
+                     f"with few images FID is biased upwards, so compare methods within this table only.")
+    return cols, [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+
+
 def table1(volumes: pd.DataFrame, methods: list[str], split_filter: dict, acceleration: int,
-           stem: str | Path) -> pd.DataFrame:
-    """Mean PSNR/SSIM/NMSE over the test volumes of `split_filter`, one row per method."""
+           stem: str | Path, perceptual: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean PSNR/SSIM/NMSE over the test volumes of `split_filter` and LPIPS/rFID/KID, one row per method."""
     frame = select(volumes[volumes.acceleration == acceleration], split_filter, "main")
-    table = (frame.groupby("method")[["psnr", "ssim", "nmse"]].mean()
-             .reindex(method_order(frame, methods)))
+    order = method_order(frame, methods)
+    table = frame.groupby("method")[["psnr", "ssim", "nmse"]].mean().reindex(order)
+    table.columns = ["PSNR", "SSIM", "NMSE"]
+    extra, notes = perceptual_columns(perceptual, order)
+    table = table.join(extra)
     table["volumes"] = frame.groupby("method").size()
     table.index = [METHOD_LABELS.get(m, m) for m in table.index]
-    table.columns = ["PSNR", "SSIM", "NMSE", "volumes"]
     write_table_formats(table, stem, f"Table I: quantitative evaluation, AF {acceleration} "
-                                     f"(mean over test volumes, fastMRI protocol)")
+                                     f"(mean over test volumes, fastMRI protocol)", notes)
     return table
 
 

@@ -175,19 +175,23 @@ def save_empty_prompt(sd_dir: str | Path) -> Path:
     return out
 
 
-def load_sd(sd_dir: str | Path) -> SDComponents:
-    """VAE, U-Net and empty-prompt embedding from a local stable-diffusion-2-1-base folder; never downloads."""
+def load_sd_model(sd_dir: str | Path, sub: str) -> AutoencoderKL | UNet2DConditionModel:
+    """One model ("vae" or "unet") of a local stable-diffusion-2-1-base folder; never downloads."""
     sd_dir = Path(sd_dir)
     _require(sd_dir, "Stable Diffusion folder")
-    models = {}
-    for sub, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel)):
-        _require(sd_dir / sub / "config.json", f"{sub}/config.json")
-        try:
-            models[sub] = cls.from_pretrained(sd_dir, subfolder=sub, local_files_only=True)
-        except OSError as e:  # e.g. config present but no weights file
-            raise LdpmError(f"cannot load {sd_dir / sub}: {e}".splitlines()[0]
-                            + " — copy the complete subfolder (config + weights) from stable-diffusion-2-1-base") from e
-    return SDComponents(vae=models["vae"], unet=models["unet"], prompt_embeds=empty_prompt_embedding(sd_dir))
+    _require(sd_dir / sub / "config.json", f"{sub}/config.json")
+    cls = {"vae": AutoencoderKL, "unet": UNet2DConditionModel}[sub]
+    try:
+        return cls.from_pretrained(sd_dir, subfolder=sub, local_files_only=True)
+    except OSError as e:  # e.g. config present but no weights file
+        raise LdpmError(f"cannot load {sd_dir / sub}: {e}".splitlines()[0]
+                        + " — copy the complete subfolder (config + weights) from stable-diffusion-2-1-base") from e
+
+
+def load_sd(sd_dir: str | Path) -> SDComponents:
+    """VAE, U-Net and empty-prompt embedding from a local stable-diffusion-2-1-base folder; never downloads."""
+    return SDComponents(vae=load_sd_model(sd_dir, "vae"), unet=load_sd_model(sd_dir, "unet"),
+                        prompt_embeds=empty_prompt_embedding(sd_dir))
 
 
 # ---------------------------------------------------------------------------------------------- noise schedule

@@ -1,0 +1,233 @@
+"""LDPM's training stages (paper III-A.2: SkM, then MR-VAE, then MRCN), plus the natural-image pretraining that
+stands in for Stable Diffusion at the embedded scale. Every function follows the trainer contract of
+`ldpm.stages` and runs in the shared resumable `Trainer` loop.
+
+`hp` holds the `ldpm` config sub-blocks a stage uses (e.g. {"vae": ..., "mrvae": ..., "sd_dir": ...}), so a
+stage is rerun only when something it depends on changes. Randomness per step (batch order, masks, posterior
+samples, t, ε) is drawn from generators seeded by (seed, step), so an interrupted stage resumes exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from ldpm.baselines import undersampled_batch
+from ldpm.io import read_images
+from ldpm.losses import PatchDiscriminator, VGGPerceptual, discriminator_loss, mrvae_loss
+from ldpm.method.components import (build_sketcher, load_sketcher, load_vae, natural_patches, pretrained_unet,
+                                    pretrained_vae, vae_metadata)
+from ldpm.models.latent import (encode, encode_sample, latent_scaling_factor, sd_noise_scheduler, tiny_empty_prompt, tiny_unet,
+                                tiny_vae, to_vae_input)
+from ldpm.models.mrcontrolnet import MRControlNet
+from ldpm.models.swinir import sketcher
+from ldpm.train import EpochSampler, Trainer, resolve_device, save_weights, seed_everything, step_rng
+
+log = logging.getLogger("ldpm.method")
+
+
+def noise_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator for step `step`'s noise (posterior samples, t, ε), independent of the batch/mask streams."""
+    return torch.Generator().manual_seed(int(step_rng(seed, 2, step).integers(2**62)))
+
+
+def _mri_sampler(images: torch.Tensor, cfg: dict, seed: int) -> tuple[EpochSampler, int]:
+    sampler = EpochSampler(len(images), cfg["batch_size"], seed)
+    return sampler, cfg["epochs"] * sampler.steps_per_epoch
+
+
+# ------------------------------------------------------------------------ embedded stand-in for SD pretraining
+def train_natural_vae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict, seed: int,
+                      device: str = "auto") -> list[dict]:
+    """The tiny VAE on photo patches with L1 + ω·KL (eq. 5 without VGG/GAN: a short warm start, not SD's full
+    recipe), then `scaling_factor` = 1/std of the latents, LDM's rule."""
+    seed_everything(seed)
+    dev = resolve_device(device)
+    nat, cfg = hp["natural"], hp["natural_vae"]
+    patches = natural_patches(nat["images"], nat["n_patches"], nat["patch_size"], seed)
+    log.info("natural-image VAE: %d patches of %d px from %s", len(patches), nat["patch_size"], nat["images"])
+    vae = tiny_vae(**hp["vae"]).to(dev)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg["lr"])
+    sampler = EpochSampler(len(patches), cfg["batch_size"], seed)
+    trainer = Trainer({"vae": vae}, {"adam": optimizer}, ckpt_dir, total_steps=cfg["steps"],
+                      ckpt_every=cfg["ckpt_every"], desc="natural_vae")
+
+    def step(i: int) -> dict[str, float]:
+        x3 = to_vae_input(patches[sampler.batch(i)].to(dev))
+        posterior = vae.encode(x3).latent_dist
+        rec = vae.decode(posterior.sample(noise_generator(seed, i))).sample
+        loss, terms = mrvae_loss(x3, rec, posterior, None, None, mu=1.0, nu=0.0, omega=cfg["kl_weight"], lam=0.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"l1": terms["l1"], "kl": terms["kl"]}
+
+    history = trainer.run(step)
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, patches[:128].to(dev)))
+    log.info("natural-image VAE scaling_factor = %.4f", vae.config.scaling_factor)
+    save_weights(vae, out, metadata=vae_metadata(vae, stage="ldpm_natural_vae", seed=seed,
+                                                 images=",".join(nat["images"])))
+    return history
+
+
+def train_natural_unet(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict, seed: int,
+                       device: str = "auto") -> list[dict]:
+    """The tiny denoiser U-Net on natural-VAE latents of the same photo patches: SD's ε-loss, SD's schedule,
+    empty prompt (the only prompt LDPM uses)."""
+    seed_everything(seed)
+    dev = resolve_device(device)
+    nat, cfg = hp["natural"], hp["natural_unet"]
+    vae = load_vae(inputs["natural_vae"], hp).to(dev)
+    patches = natural_patches(nat["images"], nat["n_patches"], nat["patch_size"], seed)
+    # The VAE is frozen: encode the bank once, draw a fresh posterior sample per step.
+    with torch.no_grad():
+        posterior = torch.cat([vae.encode(to_vae_input(p.to(dev))).latent_dist.parameters for p in patches.split(64)])
+    scale = vae.config.scaling_factor
+    unet = tiny_unet(**hp["unet"]).to(dev)
+    prompt = tiny_empty_prompt(unet).to(dev)
+    scheduler = sd_noise_scheduler()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"])
+    sampler = EpochSampler(len(patches), cfg["batch_size"], seed)
+    trainer = Trainer({"unet": unet}, {"adamw": optimizer}, ckpt_dir, total_steps=cfg["steps"],
+                      ckpt_every=cfg["ckpt_every"], desc="natural_unet")
+
+    def step(i: int) -> dict[str, float]:
+        g = noise_generator(seed, i)
+        z0 = DiagonalGaussianDistribution(posterior[sampler.batch(i)]).sample(g) * scale
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z0),), generator=g).to(dev)
+        noise = torch.randn(z0.shape, generator=g).to(dev)
+        pred = unet(scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=prompt.expand(len(z0), -1, -1)).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"eps_mse": loss.item()}
+
+    history = trainer.run(step)
+    save_weights(unet, out, metadata={"stage": "ldpm_natural_unet", "seed": str(seed)})
+    return history
+
+
+# ------------------------------------------------------------------------------------------ MRI stages
+def train_sketcher(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict, seed: int,
+                   device: str = "auto") -> list[dict]:
+    """SkM's repair net R (SwinIR): x_u → x with an L1 loss on R(x_u) (the paper does not state SkM's loss), fresh
+    masks per step. DC (eq. 3) is applied after R at use, not in the loss: it has no parameters."""
+    seed_everything(seed)
+    dev = resolve_device(device)
+    cfg = hp["sketcher"]
+    images = torch.from_numpy(read_images(inputs["train"]))
+    net = build_sketcher(hp).to(dev)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    sampler, total = _mri_sampler(images, cfg, seed)
+    trainer = Trainer({"sketcher": net}, {"adam": optimizer}, ckpt_dir, total_steps=total,
+                      ckpt_every=cfg["ckpt_every"], desc="sketcher")
+
+    def step(i: int) -> dict[str, float]:
+        x, _, _, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
+        loss = F.l1_loss(net(x_u), x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"l1": loss.item()}
+
+    history = trainer.run(step)
+    save_weights(net, out, metadata={"stage": "ldpm_sketcher", "arch": cfg["arch"], "loss": "l1", "seed": str(seed)})
+    return history
+
+
+def train_mrvae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict, seed: int,
+                device: str = "auto") -> list[dict]:
+    """MR-VAE: the natural-image (or SD) VAE fine-tuned on MRI with eq. 5, a PatchGAN discriminator trained in
+    alternation (hinge loss). The GAN term and D's updates start at `disc_start` (taming's warm-up); λ is scaled by
+    the adaptive weight when `adaptive_gan_weight` (SD's VAE recipe; see ldpm.losses). Without
+    `ldpm.vgg_weights` the perceptual term is off; that is logged and written into the weights' metadata."""
+    seed_everything(seed)
+    dev = resolve_device(device)
+    cfg = hp["mrvae"]
+    if hp["vgg_weights"]:  # checked first: a wrong path fails before anything is loaded
+        vgg = VGGPerceptual(hp["vgg_weights"]).to(dev)
+        perceptual = f"on ({hp['vgg_weights']})"
+    else:
+        vgg = None
+        perceptual = "off (config key ldpm.vgg_weights is null)"
+        log.warning("MR-VAE: perceptual term of eq. 5 is OFF: set ldpm.vgg_weights to a local torchvision VGG16 "
+                    "state dict to enable it (random VGG features are never used)")
+    images = torch.from_numpy(read_images(inputs["train"]))
+    vae = pretrained_vae(inputs, hp).to(dev).train().requires_grad_(True)
+    disc = PatchDiscriminator(in_chans=3, ndf=cfg["disc_channels"], n_layers=cfg["disc_layers"]).to(dev)
+    last_layer = vae.decoder.conv_out.weight if cfg["adaptive_gan_weight"] else None  # see ldpm.losses
+    # Adam's default betas for the VAE (in a short fine-tune they reach a lower L1 than taming's (0.5, 0.9)),
+    # taming's betas for the discriminator.
+    opt_g = torch.optim.Adam(vae.parameters(), lr=cfg["lr"])
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr"], betas=(0.5, 0.9))
+    sampler, total = _mri_sampler(images, cfg, seed)
+    trainer = Trainer({"vae": vae, "disc": disc}, {"adam_g": opt_g, "adam_d": opt_d}, ckpt_dir, total_steps=total,
+                      ckpt_every=cfg["ckpt_every"], desc="mrvae")
+
+    def step(i: int) -> dict[str, float]:
+        x3 = to_vae_input(images[sampler.batch(i)][:, None].to(dev))
+        posterior = vae.encode(x3).latent_dist
+        rec = vae.decode(posterior.sample(noise_generator(seed, i))).sample
+        gan_on = i >= cfg["disc_start"]
+        disc.requires_grad_(False)  # the G step must not leave gradients in D
+        loss, terms = mrvae_loss(x3, rec, posterior, disc, vgg, mu=cfg["mu"], nu=cfg["nu"], omega=cfg["omega"],
+                                 lam=cfg["lam"] if gan_on else 0.0, last_layer=last_layer)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        if gan_on:
+            disc.requires_grad_(True)
+            d_loss = discriminator_loss(disc, x3, rec)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            terms["d_hinge"] = d_loss.item()
+        return {k: v for k, v in terms.items() if k != "perceptual_on"}
+
+    history = trainer.run(step)
+    save_weights(vae, out, metadata=vae_metadata(vae, stage="ldpm_mrvae", perceptual=perceptual, seed=seed,
+                                                 mu=cfg["mu"], nu=cfg["nu"], omega=cfg["omega"], lam=cfg["lam"]))
+    return history
+
+
+def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict, seed: int,
+               device: str = "auto") -> list[dict]:
+    """MRControlNet (eq. 7): only the control branch trains; the pretrained U-Net, MR-VAE and sketcher are frozen.
+    Per step: fresh masks → c = |DC(R(x_u))| (eqs. 2–3) → c_latent = E(c) (posterior mode), z0 = E(x) (a posterior
+    sample, as SD trains), empty prompt. Only the control branch's weights are saved."""
+    seed_everything(seed)
+    dev = resolve_device(device)
+    cfg = hp["mrcn"]
+    images = torch.from_numpy(read_images(inputs["train"]))
+    unet, prompt = pretrained_unet(inputs, hp)
+    model = MRControlNet(unet.to(dev))
+    prompt = prompt.to(dev)
+    mrvae = load_vae(inputs["mrvae"], hp).to(dev)
+    repair = load_sketcher(inputs["sketcher"], hp).to(dev)
+    scheduler = sd_noise_scheduler()
+    optimizer = torch.optim.AdamW(model.control.parameters(), lr=cfg["lr"])
+    sampler, total = _mri_sampler(images, cfg, seed)
+    trainer = Trainer({"control": model.control}, {"adamw": optimizer}, ckpt_dir, total_steps=total,
+                      ckpt_every=cfg["ckpt_every"], desc="mrcn")
+
+    def step(i: int) -> dict[str, float]:
+        x, mask, k_u, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
+        g = noise_generator(seed, i)
+        with torch.no_grad():
+            c_latent = encode(mrvae, sketcher(x_u, k_u, mask, repair))
+            z0 = encode_sample(mrvae, x, g)
+        loss = model.training_loss(z0, c_latent, prompt, scheduler, generator=g)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"eps_mse": loss.item()}
+
+    history = trainer.run(step)
+    save_weights(model.control, out, metadata={"stage": "ldpm_mrcn", "seed": str(seed),
+                                               "contents": "IRControlNet control branch only"})
+    return history

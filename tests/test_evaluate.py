@@ -1,0 +1,358 @@
+"""Evaluation beyond PSNR/SSIM/NMSE: perceptual metrics (real code path, small backbones), n/a without weights,
+HFEN, k-space residual, statistics, Fig 2 layout, provenance sidecars and `ldpm audit`."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as sps
+
+from ldpm import LdpmError
+from ldpm.cli import main
+from ldpm.data.masks import make_test_masks
+from ldpm.evaluate import perceptual as pc
+from ldpm.evaluate.metrics import hfen, kspace_residuals, log_kernel
+from ldpm.evaluate.stats import holm, stats_table
+from ldpm.evaluate.tables import table1
+from ldpm.io import write_images
+
+TINY = "ldpm-test-tiny"
+
+
+def tiny_extractor_class():
+    """A small conv net with fixed random weights, registered with torch-fidelity like any feature extractor."""
+    from torch_fidelity import register_feature_extractor
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    class Tiny(FeatureExtractorBase):
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+            gen = torch.Generator().manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 16, 5, stride=2)
+            self.conv.weight.data = torch.randn(self.conv.weight.shape, generator=gen) * 0.1
+            self.conv.bias.data.zero_()
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("16",)
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return "16"
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        def forward(self, x):
+            return (torch.relu(self.conv(x.float() / 255)).mean(dim=(2, 3)),)
+
+    if TINY not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(TINY, Tiny)
+    return FEATURE_EXTRACTORS_REGISTRY[TINY]
+
+
+def fake_test_set(tmp_path, n_subjects=4, n_volumes=2, n_slices=3, size=32, methods=("zero_filled", "unet", "ldpm")):
+    """test.h5/csv, masks and one recon per method (noise levels differ) in tmp_path."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size] / size
+    rows, images = [], []
+    for s in range(n_subjects):
+        for v in range(n_volumes):
+            vol = f"vol{s}{v}"
+            for k in range(n_slices):
+                blob = np.exp(-((yy - 0.5) ** 2 + (xx - 0.4 - 0.05 * k) ** 2) / 0.05)
+                images.append(blob * (0.8 + 0.2 * rng.random()) + 0.05 * rng.random((size, size)))
+                rows.append({"slice_id": f"{vol}:{k:03d}", "volume": vol, "slice": k, "dataset": "brain",
+                             "acquisition": ["AXT1", "AXT2"][v % 2], "field_strength": [1.5, 3.0][s % 2],
+                             "system_model": "Skyra", "patient_id": f"p{s}"})
+    gt = np.stack(images).astype(np.float32)
+    gt /= gt.max()
+    meta = pd.DataFrame(rows)
+    write_images(tmp_path / "test.h5", gt)
+    meta.to_csv(tmp_path / "test.csv", index=False)
+    make_test_masks(meta.slice_id.tolist(), size, 4, 0.08, seed=0, out=tmp_path / "masks.npz")
+    recons = {}
+    for i, m in enumerate(methods):
+        pred = gt + (0.08 - 0.03 * i) * rng.standard_normal(gt.shape)
+        recons[m] = tmp_path / f"{m}.h5"
+        with h5py.File(recons[m], "w") as fh:
+            fh["recon"] = pred.astype(np.float32)
+    return gt, meta, recons
+
+
+# ---------------------------------------------------------------------------------------------- perceptual
+
+def test_fid_kid_path_equals_torch_fidelity_with_a_registered_extractor(tmp_path):
+    import torch_fidelity
+
+    tiny_extractor_class()
+    extractor = pc.build_extractor(TINY)
+    gt, _, _ = fake_test_set(tmp_path)
+    rng = np.random.default_rng(1)
+    noisy = np.clip(gt + 0.2 * rng.standard_normal(gt.shape), 0, 1)
+    real, fake = pc.extract_features(extractor, gt), pc.extract_features(extractor, noisy)
+    ours = pc.fid_kid(real, fake, kid_subsets=20, kid_subset_size=10, seed=0)
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, x):
+            self.x = pc.to_uint8_rgb(x)
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i]
+
+    ref = torch_fidelity.calculate_metrics(input1=Images(gt), input2=Images(noisy), fid=True, kid=True,
+                                           feature_extractor=TINY, kid_subsets=20, kid_subset_size=10, rng_seed=0,
+                                           cuda=False, cache=False, verbose=False, save_cpu_ram=True)
+    assert ours["rfid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-5)
+    assert ours["kid"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-5, abs=1e-9)
+    same = pc.fid_kid(real, real, kid_subsets=20, kid_subset_size=10)
+    assert abs(same["rfid"]) < 1e-3 and ours["rfid"] > 100 * abs(same["rfid"])
+
+
+def _lpips_by_hand(trunk_state, linear_state, x, y):
+    """LPIPS written out: AlexNet ReLU outputs, channel-normalised, squared difference, linear heads, mean."""
+    import torchvision
+
+    alex = torchvision.models.alexnet().features
+    alex.load_state_dict({k.split(".", 1)[1]: v for k, v in trunk_state.items()})
+    shift = torch.tensor([-.030, -.088, -.188])[None, :, None, None]
+    scale = torch.tensor([.458, .448, .450])[None, :, None, None]
+    fx, fy, total = (x - shift) / scale, (y - shift) / scale, 0.0
+    for layer, taps in zip(range(5), [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)]):
+        for i in range(*taps):
+            fx, fy = alex[i](fx), alex[i](fy)
+        nx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        ny = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        w = linear_state[f"lin{layer}.model.1.weight"]
+        total = total + torch.nn.functional.conv2d((nx - ny) ** 2, w).mean(dim=(2, 3))
+    return total.reshape(-1)
+
+
+def test_lpips_uses_the_local_trunk_and_the_wheel_heads(tmp_path):
+    import lpips
+    import torchvision
+
+    torch.manual_seed(0)  # random but fixed trunk: the wiring is what is tested, not ImageNet weights
+    trunk = {k: v for k, v in torchvision.models.alexnet().state_dict().items() if k.startswith("features.")}
+    torch.save(trunk, tmp_path / "alexnet.pth")
+    net = pc.build_lpips(tmp_path / "alexnet.pth")
+    torch.testing.assert_close(net.net.slice1[0].weight, trunk["features.0.weight"])
+    linear = torch.load(f"{lpips.__path__[0]}/weights/v0.1/alex.pth", map_location="cpu", weights_only=True)
+
+    gt, _, _ = fake_test_set(tmp_path)
+    gt = gt[:6]
+    pred = np.clip(gt + 0.1 * np.random.default_rng(0).standard_normal(gt.shape), 0, 1).astype(np.float32)
+    ours = pc.lpips_per_image(net, gt, pred, batch_size=4)
+    as3 = [torch.from_numpy(v)[:, None].expand(-1, 3, -1, -1) * 2 - 1 for v in (gt, pred)]
+    with torch.no_grad():
+        expected = _lpips_by_hand(trunk, linear, *as3).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-4)
+    assert np.all(pc.lpips_per_image(net, gt, gt) < 1e-6)
+
+    torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(LdpmError, match="bad.pth: not torchvision AlexNet weights"):
+        pc.build_lpips(tmp_path / "bad.pth")
+
+
+def test_perceptual_table_through_the_real_path(tmp_path):
+    tiny_extractor_class()
+    torch.manual_seed(0)
+    import torchvision
+
+    torch.save({k: v for k, v in torchvision.models.alexnet().state_dict().items() if k.startswith("features.")},
+               tmp_path / "alexnet.pth")
+    backbones = pc.Backbones(lpips=pc.build_lpips(tmp_path / "alexnet.pth"), extractor=pc.build_extractor(TINY))
+    _, _, recons = fake_test_set(tmp_path)
+    out = pc.perceptual_metrics(tmp_path / "test.h5", tmp_path / "test.csv", recons, {"acquisition": "AXT1"},
+                                backbones, tmp_path / "perceptual.csv", kid_subsets=10)
+    assert (out.n_images == 12).all() and out[["lpips", "rfid", "kid"]].notna().all().all()
+    # less noise -> closer to the ground truth in both metrics (noise falls from zero_filled to ldpm)
+    assert out.lpips.is_monotonic_decreasing and out.rfid.is_monotonic_decreasing
+
+
+def test_missing_weights_give_na_cells_and_a_footnote(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    backbones = pc.load_backbones(tmp_path / "weights")
+    assert backbones.lpips is None and backbones.extractor is None
+    _, _, recons = fake_test_set(tmp_path)
+    perceptual = pc.perceptual_metrics(tmp_path / "test.h5", tmp_path / "test.csv", recons, {}, backbones,
+                                       tmp_path / "perceptual.csv")
+    assert perceptual[["lpips", "rfid", "kid"]].isna().all().all()
+    volumes = pd.DataFrame({"method": ["unet", "ldpm"], "psnr": [30.0, 31.0], "ssim": [.8, .9], "nmse": [.02, .01],
+                            "acceleration": 8, "dataset": "brain", "volume": "v"})
+    table1(volumes, ["unet", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "table1", perceptual)
+    csv = pd.read_csv(tmp_path / "table1.csv", index_col=0, keep_default_na=False)
+    assert (csv[["LPIPS", "rFID", "KID"]] == "n/a").all().all() and float(csv.loc["U-Net", "PSNR"]) == 30
+    md = (tmp_path / "table1.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| U-Net"))
+    assert [c.strip() for c in row.split("|")[5:8]] == ["n/a", "n/a", "n/a"]
+    assert "LPIPS n/a: alexnet-owt-7be5be79.pth not found in" in md
+    assert "rFID and KID n/a: weights-inception-2015-12-05-6726825d.pth not found" in md
+    assert "ldpm weights fetch --dir" in md and "n/a" in (tmp_path / "table1.tex").read_text()
+
+
+def test_a_weights_file_with_the_wrong_hash_is_an_error_not_a_number(tmp_path):
+    (tmp_path / "alexnet-owt-7be5be79.pth").write_bytes(b"not the weights")
+    with pytest.raises(LdpmError, match="alexnet-owt-7be5be79.pth: sha256 .* is not the pinned 7be5be79"):
+        pc.load_backbones(tmp_path, use_hub_cache=False)
+
+
+def test_weights_fetch_checks_the_pinned_sha256(tmp_path, monkeypatch):
+    import hashlib
+
+    source = tmp_path / "served.pth"
+    source.write_bytes(b"weights")
+    good = pc.WeightFile(("w.pth",), source.as_uri(), hashlib.sha256(b"weights").hexdigest(), "LPIPS")
+    monkeypatch.setattr(pc, "WEIGHTS", {"w": good})
+    assert pc.fetch_weights(tmp_path / "weights") == [tmp_path / "weights" / "w.pth"]
+    monkeypatch.setattr(pc, "WEIGHTS", {"w": pc.WeightFile(("x.pth",), source.as_uri(), "0" * 64, "LPIPS")})
+    with pytest.raises(LdpmError, match="downloaded sha256 .* is not the pinned"):
+        pc.fetch_weights(tmp_path / "weights")
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["w.pth"], "nothing half-fetched is kept"
+
+
+# ------------------------------------------------------------------------------------------ HFEN, k-space
+
+def test_hfen_kernel_and_definition():
+    k = log_kernel(15, 1.5)
+    assert k.shape == (15, 15) and abs(k.sum()) < 1e-12 and k[7, 7] == k.min() < 0
+    np.testing.assert_allclose(k, k.T)
+    gt = np.random.default_rng(0).random((2, 32, 32))
+    assert hfen(gt, gt) == 0
+    assert hfen(gt, 1.5 * gt) == pytest.approx(0.5)  # the LoG is linear: ‖0.5·LoG(gt)‖ / ‖LoG(gt)‖
+    assert hfen(gt, gt + 0.3) == pytest.approx(0, abs=1e-9), "a constant offset has no high frequencies"
+
+
+def test_kspace_residual_on_sampled_lines():
+    gt = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    masks = torch.zeros(3, 1, 1, 16)
+    masks[..., ::4] = 1
+    res, energy = kspace_residuals(gt, gt, masks)
+    assert np.all(res < 1e-8 * energy)
+    res, energy = kspace_residuals(gt, 1.1 * gt, masks)
+    np.testing.assert_allclose(np.sqrt(res / energy), 0.1, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+def _volumes(methods=("unet", "ldpm")):
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(6):
+        for v in range(2):
+            base = 28 + rng.normal()
+            for m in methods:
+                rows.append({"method": m, "volume": f"v{s}{v}", "patient_id": f"p{s}", "dataset": "brain",
+                             "acceleration": 8, "psnr": base + (1.0 + 0.3 * rng.normal() if m == "ldpm" else 0),
+                             "ssim": 0.8 + 0.01 * rng.normal()})
+    return pd.DataFrame(rows)
+
+
+def test_bootstrap_resamples_subjects_and_wilcoxon_is_paired(tmp_path):
+    vols = _volumes()
+    table = stats_table(vols, ["unet", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "stats", n_boot=500)
+    row = table[(table.method == "unet") & (table.metric == "psnr")].iloc[0]
+    assert row.ci_low < row["mean"] < row.ci_high and row.subjects == 6 and row.volumes == 12
+    wide = vols.pivot(index="volume", columns="method", values="psnr")
+    assert row.p == pytest.approx(sps.wilcoxon(wide.ldpm, wide.unet).pvalue) and row.p < 0.01
+    assert row.median_diff_vs_ref == pytest.approx(np.median(wide.ldpm - wide.unet))
+    # Copying every volume (same subjects) leaves a subject-level CI unchanged; a volume-level one would shrink.
+    doubled = pd.concat([vols, vols.assign(volume=vols.volume + "b")])
+    again = stats_table(doubled, ["unet", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "s2", n_boot=500)
+    row2 = again[(again.method == "unet") & (again.metric == "psnr")].iloc[0]
+    assert (row2.ci_low, row2.ci_high) == pytest.approx((row.ci_low, row.ci_high))
+    assert "Wilcoxon" in (tmp_path / "stats.md").read_text()
+
+
+def test_without_ldpm_the_tests_are_skipped_not_faked(tmp_path):
+    vols = _volumes(methods=("zero_filled", "unet"))
+    table = stats_table(vols, ["zero_filled", "unet", "ldpm"], {}, 8, tmp_path / "stats", n_boot=200)
+    assert table.p.isna().all() and table.note.str.contains("skipped: no metrics for method 'ldpm'").all()
+    assert "skipped, no metrics for method 'ldpm'" in (tmp_path / "stats.md").read_text()
+
+
+def test_holm_adjustment():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert np.isnan(holm([0.01, np.nan])[1]) and holm([0.01, np.nan])[0] == pytest.approx(0.01)
+
+
+# -------------------------------------------------------------------------------------------------- Fig 2
+
+def test_figure2_layout(tmp_path):
+    from ldpm.evaluate.figures import figure2
+
+    _, meta, recons = fake_test_set(tmp_path)
+    titles = figure2(tmp_path / "test.h5", tmp_path / "test.csv", recons, tmp_path / "fig.png",
+                     zero_filled=recons["zero_filled"], split_filter={"dataset": "brain"})
+    assert len(titles) == 4, "two example sets, two rows each"
+    assert titles[0][0].startswith("A1 GT") and titles[2][0].startswith("B1 GT")
+    assert [t.split("\n")[0] for t in titles[0][1:]] == ["A2 U-Net", "A3 LDPM (Ours)"]
+    assert titles[1][0].startswith("Zero-filled") and titles[1][1:] == ["error U-Net", "error LDPM (Ours)"]
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------ provenance and audit
+
+def test_every_stage_writes_a_sidecar_and_audit_follows_the_chain(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LDPM_CONFIG_SHA256", "c0ffee")
+    fake_test_set(tmp_path)
+    masks = ["--test-h5", "test.h5", "--test-csv", "test.csv"]
+    assert main(["masks", *masks, "--acceleration", "4", "--center-fraction", "0.08", "--out", "af4.npz"]) == 0
+    assert main(["reconstruct", "zero_filled", *masks, "--masks", "af4.npz", "--out", "zf.h5"]) == 0
+    assert main(["metrics", *masks, "--recon", "zf.h5", "--masks", "af4.npz", "--method", "zero_filled",
+                 "--acceleration", "4", "--out-volumes", "m/v.csv", "--out-slices", "m/s.csv"]) == 0
+    assert main(["tables", "--metrics", "m/v.csv", "--methods", '["zero_filled"]', "--test-splits",
+                 '{"all": {"dataset": "brain"}}', "--main-split", "all", "--acceleration", "4",
+                 "--out-dir", "tables"]) == 0
+    rec = json.loads((tmp_path / "zf.h5.prov.json").read_text())
+    assert rec["stage"] == "reconstruct" and rec["seed"] == 0 and rec["config_sha256"] == "c0ffee"
+    assert set(rec["git"]) >= {"commit", "dirty"} and rec["device"]["torch"] == torch.__version__
+    assert rec["device"]["cuda"] in (True, False) and rec["wall_seconds"] >= 0
+    from ldpm.io import sha256_file
+
+    inputs = {i["path"]: i["sha256"] for i in rec["inputs"]}
+    assert inputs == {p: sha256_file(p) for p in ["test.h5", "test.csv", "af4.npz"]}
+    assert rec["sha256"] == sha256_file("zf.h5")
+    for out in ["tables/table1_af4.csv", "tables/table1_af4.md", "tables/table3_af4.tex", "m/s.csv"]:
+        assert (tmp_path / f"{out}.prov.json").exists(), out
+
+    assert main(["audit", "tables/table1_af4.csv"]) == 0
+    text = capsys.readouterr().out
+    order = [text.index(s) for s in ["tables/table1_af4.csv", "m/v.csv", "test.h5", "zf.h5", "af4.npz"]]
+    assert order == sorted(order) and "CHANGED" not in text and "ldpm reconstruct" in text
+    # a changed input shows up in the chain
+    with h5py.File("zf.h5", "a") as fh:
+        fh["recon"][0] += 1
+    assert main(["audit", "tables/table1_af4.csv"]) == 0
+    assert "zf.h5  [CHANGED (recorded" in capsys.readouterr().out
+    assert main(["audit", "nothing.csv"]) == 2
+
+
+def test_inception_is_built_from_the_local_file_loaded_weights_only(tmp_path):
+    """The production rFID/KID extractor, with a random-but-fixed state dict saved as the local weights file."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    torch.manual_seed(0)
+    with mock.patch.object(fe, "load_state_dict_from_url", return_value={}), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict"):  # a random net to save
+        state = fe.FeatureExtractorInceptionV3(pc.INCEPTION, ["2048"]).state_dict()
+    torch.save(state, tmp_path / "inception.pth")
+    with mock.patch("torch.load", wraps=torch.load) as load:
+        extractor = pc.build_extractor(pc.INCEPTION, tmp_path / "inception.pth")
+    assert all(call.kwargs.get("weights_only") is True for call in load.call_args_list) and load.call_count == 1
+    torch.testing.assert_close(extractor.fc.weight, state["fc.weight"])
+    feats = pc.extract_features(extractor, np.random.default_rng(0).random((2, 32, 32)))
+    assert feats.shape == (2, 2048) and torch.isfinite(feats).all()

@@ -1,0 +1,196 @@
+"""LDPM as pipeline stages: every training stage runs a few steps and writes loadable weights, the LDPM
+reconstructor and its ablations run on a batch, Table II / Fig 3 are built, and paper-scale paths fail clearly."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from safetensors.torch import load_file
+
+from ldpm import LdpmError
+from ldpm.config import validate_config
+from ldpm.evaluate.ablations import ABLATION_LABELS, figure3, table2
+from ldpm.method import check_sd_dir, components, training
+from ldpm.method.reconstruct import ldpm, ldpm_no_dss, ldpm_no_mrvae, ldpm_no_skm
+from ldpm.physics import undersample
+from ldpm.stages import RECONSTRUCTORS, TRAINERS, resolve
+
+torch.set_num_threads(2)
+MASKS = {"accelerations": [8], "center_fractions": [0.04]}
+
+
+def tiny_hp() -> dict:
+    """The schema's `ldpm` defaults, shrunk to seconds on 32² images."""
+    hp = copy.deepcopy(validate_config({})["ldpm"])
+    hp["vae"].update(channels=8, norm_num_groups=4)
+    hp["unet"].update(block_out_channels=[8, 16], cross_attention_dim=8, norm_num_groups=4)
+    hp["natural"].update(images=["camera", "coffee"], n_patches=8, patch_size=32)
+    hp["natural_vae"].update(steps=2, batch_size=4, ckpt_every=1)
+    hp["natural_unet"].update(steps=2, batch_size=4)
+    for stage in ("sketcher", "mrvae", "mrcn"):
+        hp[stage].update(epochs=1, batch_size=8)
+    hp["mrvae"]["disc_start"] = 1  # step 0 without, the following steps with the GAN term
+    hp["sampler"].update(num_steps=3, p=500)  # one DC step, two guidance steps
+    return hp
+
+
+def sub(hp: dict, *keys: str) -> dict:
+    return {k: hp[k] for k in keys}
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    """All five stages in dependency order, with the registry's entries (as `ldpm train` calls them)."""
+    out = tmp_path_factory.mktemp("ldpm_models")
+    hp, train = tiny_hp(), {"train": str(prepared / "train.h5")}
+    w = {name: str(out / f"{name}.safetensors") for name in ("natural_vae", "natural_unet", "sketcher", "mrvae", "mrcn")}
+    stages = [
+        ("natural_vae", {}, sub(hp, "vae", "natural", "natural_vae")),
+        ("natural_unet", {"natural_vae": w["natural_vae"]}, sub(hp, "vae", "unet", "natural", "natural_unet")),
+        ("sketcher", train, sub(hp, "sketcher")),
+        ("mrvae", train | {"natural_vae": w["natural_vae"]}, sub(hp, "sd_dir", "vgg_weights", "vae", "mrvae")),
+        ("mrcn", train | {k: w[k] for k in ("natural_unet", "mrvae", "sketcher")},
+         sub(hp, "sd_dir", "vae", "unet", "sketcher", "mrcn")),
+    ]
+    histories = {}
+    for name, inputs, stage_hp in stages:
+        trainer = resolve(TRAINERS, f"ldpm_{name}", "model")
+        histories[name] = trainer(inputs, w[name], out / "ckpt" / name, stage_hp, MASKS, 0, "cpu")
+    return {"hp": hp, "weights": w, "histories": histories, "dir": out}
+
+
+def test_every_stage_writes_loadable_weights(trained):
+    hp, w, hist = trained["hp"], trained["weights"], trained["histories"]
+    assert all(len(h) >= 1 and all(np.isfinite(v) for rec in h for v in rec.values()) for h in hist.values())
+    nat = components.load_vae(w["natural_vae"], hp)
+    mr = components.load_vae(w["mrvae"], hp)
+    # the natural VAE's scaling factor was measured (1/std of its latents), and MR-VAE inherits it
+    assert nat.config.scaling_factor != 1.0 and mr.config.scaling_factor == nat.config.scaling_factor
+    assert any(not torch.equal(a, b) for a, b in zip(nat.state_dict().values(), mr.state_dict().values()))
+    # no VGG file configured: perceptual term off, and the weights say so
+    assert components.weights_metadata(w["mrvae"])["perceptual"].startswith("off")
+    assert "d_hinge" in hist["mrvae"][-1] and "d_hinge" not in hist["mrvae"][0]
+    # MRCN saves the control branch only; it loads onto the pretrained U-Net
+    keys = load_file(w["mrcn"]).keys()
+    assert any(k.startswith("controlnet_down_blocks") for k in keys) and not any(k.startswith("up_blocks") for k in keys)
+    model, prompt = components.load_mrcn(w, hp)
+    assert model.control.conv_in.weight.shape[1] == 8 and prompt.shape == (1, 1, hp["unet"]["cross_attention_dim"])
+    components.load_sketcher(w["sketcher"], hp)
+
+
+def test_mrcn_trains_only_the_control_branch(trained):
+    hp, w = trained["hp"], trained["weights"]
+    model, _ = components.load_mrcn(w, hp)
+    natural_unet = load_file(w["natural_unet"])
+    for k, v in model.unet.state_dict().items():  # the frozen denoiser is still the natural-image one
+        torch.testing.assert_close(v, natural_unet[k], rtol=0, atol=0)
+    # training moved the zero-initialised parts away from zero (the control signal is live)
+    assert torch.count_nonzero(model.control.conv_in.weight[:, 4:]) > 0
+
+
+def test_ldpm_and_ablations_reconstruct_a_batch_reproducibly(trained, prepared):
+    from ldpm.io import read_images
+
+    hp = sub(trained["hp"], "sd_dir", "vae", "unet", "sketcher", "sampler")
+    x = torch.from_numpy(read_images(prepared / "test.h5"))[:4, None]
+    mask = torch.zeros(4, 1, 1, 32)
+    mask[..., ::4] = 1
+    mask[..., 14:18] = 1
+    k_u, x_u = undersample(x, mask)
+    outputs = {}
+    for name, factory in [("ldpm", ldpm), ("ldpm_no_mrvae", ldpm_no_mrvae), ("ldpm_no_skm", ldpm_no_skm),
+                          ("ldpm_no_dss", ldpm_no_dss)]:
+        assert resolve(RECONSTRUCTORS, name, "method") is factory
+        torch.manual_seed(0)  # as `ldpm.reconstruct` does before building a method
+        with torch.no_grad():
+            out = factory(trained["weights"], hp, torch.device("cpu"))(x_u, k_u, mask)
+        assert out.shape == (4, 1, 32, 32) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+        outputs[name] = out
+    torch.manual_seed(0)
+    with torch.no_grad():
+        again = ldpm(trained["weights"], hp, torch.device("cpu"))(x_u, k_u, mask)
+    torch.testing.assert_close(again, outputs["ldpm"], rtol=0, atol=0)
+    # another VAE / another sampler changes the result (w/o SkM changes only the condition, whose effect a
+    # control branch trained for two steps is too weak to show)
+    for name in ("ldpm_no_mrvae", "ldpm_no_dss"):
+        assert (outputs[name] - outputs["ldpm"]).abs().max() > 1e-3, name
+
+
+def test_natural_patches_are_deterministic_grey_photos():
+    a = components.natural_patches(["camera", "astronaut"], 6, 16, seed=3)
+    b = components.natural_patches(["camera", "astronaut"], 6, 16, seed=3)
+    assert a.shape == (6, 1, 16, 16) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1 and a.std() > 0.05
+    with pytest.raises(LdpmError, match="ldpm.natural.images: 'nope'"):
+        components.natural_patches(["nope"], 1, 16, seed=0)
+
+
+def test_missing_sd_dir_is_a_one_line_error_naming_the_key(tmp_path, prepared):
+    missing = tmp_path / "sd-2-1-base"
+    with pytest.raises(LdpmError, match=r"config key ldpm\.sd_dir: .*sd-2-1-base is not a directory") as err:
+        check_sd_dir(str(missing))
+    assert "\n" not in str(err.value)
+    hp = tiny_hp() | {"sd_dir": str(missing)}
+    with pytest.raises(LdpmError, match=r"config key ldpm\.sd_dir"):
+        training.train_mrvae({"train": str(prepared / "train.h5")}, tmp_path / "m.safetensors", tmp_path / "ck",
+                             sub(hp, "sd_dir", "vgg_weights", "vae", "mrvae"), MASKS, 0, "cpu")
+    # an SD folder without weights: the loader names the missing file
+    (missing / "vae").mkdir(parents=True)
+    with pytest.raises(LdpmError, match="vae/config.json"):
+        components.pretrained_vae({}, {"sd_dir": str(missing)})
+
+
+def test_missing_weights_file_is_named(trained, tmp_path):
+    with pytest.raises(LdpmError, match="nothing.safetensors: weights file not found"):
+        components.load_vae(tmp_path / "nothing.safetensors", trained["hp"])
+
+
+def test_vgg_weights_path_is_checked(prepared, tmp_path):
+    hp = tiny_hp() | {"vgg_weights": str(tmp_path / "vgg16.pth")}
+    with pytest.raises(LdpmError, match="vgg16.pth"):
+        training.train_mrvae({"train": str(prepared / "train.h5"), "natural_vae": "unused"}, tmp_path / "m.safetensors",
+                             tmp_path / "ck", sub(hp, "sd_dir", "vgg_weights", "vae", "mrvae"), MASKS, 0, "cpu")
+
+
+def test_table2_from_metric_csvs(tmp_path):
+    rows = []
+    for i, method in enumerate(["ldpm", "ldpm_no_dss", "ldpm_no_skm", "ldpm_no_mrvae", "unet"]):
+        for v, dataset in enumerate(["brain", "brain", "ood"]):
+            rows.append({"volume": f"v{v}", "dataset": dataset, "method": method, "acceleration": 8,
+                         "psnr": 20.0 + i + v, "ssim": 0.5 + 0.01 * i, "nmse": 0.1})
+    order = ["ldpm_no_mrvae", "ldpm_no_skm", "ldpm_no_dss", "ldpm"]
+    table = table2(pd.DataFrame(rows), order, {"dataset": "brain"}, "all", 8, tmp_path / "table2_af8")
+    assert list(table.index) == [ABLATION_LABELS[m] for m in order]
+    assert table.loc["LDPM (Ours)", "PSNR"] == pytest.approx(20.5) and table.loc["LDPM (w/o MR-VAE)", "PSNR"] == 23.5
+    assert (table.volumes == 2).all()
+    assert "LDPM (w/o SkM)" in (tmp_path / "table2_af8.md").read_text()
+    assert (tmp_path / "table2_af8.tex").exists()
+    assert list(pd.read_csv(tmp_path / "table2_af8.csv", index_col=0).columns) == ["PSNR", "SSIM", "volumes"]
+
+
+def test_figure3_writes_metrics_for_both_vaes(trained, prepared, tmp_path):
+    hp = sub(trained["hp"], "sd_dir", "vae")
+    w = {k: trained["weights"][k] for k in ("natural_vae", "mrvae")}
+    metrics = figure3(prepared / "test.h5", prepared / "test.csv", w, hp, tmp_path / "fig3.png",
+                      tmp_path / "fig3.csv", split_filter={"dataset": "brain"}, split_name="all")
+    assert list(metrics.vae) == ["natural-image VAE", "MR-VAE"] and metrics[["psnr", "ssim"]].notna().all().all()
+    assert (tmp_path / "fig3.png").stat().st_size > 10_000
+    assert pd.read_csv(tmp_path / "fig3.csv").shape == (2, 5)
+
+
+def test_snakefile_rejects_a_missing_sd_dir_before_any_job(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["ldpm"]["sd_dir"] = str(tmp_path / "no-sd")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                             "--cores", "1", "-n"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "ldpm: error: config key ldpm.sd_dir:" in result.stderr and "no-sd is not a directory" in result.stderr
+    assert not (tmp_path / "results").exists()
