@@ -314,7 +314,10 @@ def test_every_stage_writes_a_sidecar_and_audit_follows_the_chain(tmp_path, monk
                  "--acceleration", "4", "--out-volumes", "m/v.csv", "--out-slices", "m/s.csv"]) == 0
     assert main(["tables", "--metrics", "m/v.csv", "--methods", '["zero_filled"]', "--test-splits",
                  '{"all": {"dataset": "brain"}}', "--main-split", "all", "--acceleration", "4",
-                 "--out-dir", "tables"]) == 0
+                 "--recon", "zf.h5", "--out-dir", "tables"]) == 0
+    cost = pd.read_csv(tmp_path / "tables" / "compute_af4.csv", index_col=0)
+    assert list(cost.index) == ["Zero-Filled"] and cost.loc["Zero-Filled", "device"] == "cpu"
+    assert cost.loc["Zero-Filled", "GFLOPs/slice"] == 0 and cost.loc["Zero-Filled", "peak RSS (GiB)"] > 0.1
     rec = json.loads((tmp_path / "zf.h5.prov.json").read_text())
     assert rec["stage"] == "reconstruct" and rec["seed"] == 0 and rec["config_sha256"] == "c0ffee"
     assert set(rec["git"]) >= {"commit", "dirty"} and rec["device"]["torch"] == torch.__version__
@@ -356,3 +359,28 @@ def test_inception_is_built_from_the_local_file_loaded_weights_only(tmp_path):
     torch.testing.assert_close(extractor.fc.weight, state["fc.weight"])
     feats = pc.extract_features(extractor, np.random.default_rng(0).random((2, 32, 32)))
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
+
+
+def test_reconstruct_records_the_flops_of_one_slice_and_the_compute_table_reads_them(tmp_path):
+    """The cost attrs of a U-Net reconstruction: FLOPs per slice equal a separate count of one forward pass."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ldpm.baselines.unet import build_unet
+    from ldpm.evaluate.tables import compute_table
+    from ldpm.reconstruct import reconstruct
+    from ldpm.train import save_weights
+
+    fake_test_set(tmp_path)
+    hp = {"chans": 4, "num_pool_layers": 2}
+    model = build_unet(hp).eval()
+    save_weights(model, tmp_path / "unet.safetensors")
+    reconstruct("unet", tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "masks.npz", tmp_path / "u.h5",
+                weights={"model": str(tmp_path / "unet.safetensors")}, hp=hp, batch_size=4, device="cpu")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, 1, 32, 32))
+    with h5py.File(tmp_path / "u.h5") as fh:
+        assert fh.attrs["gflops_per_slice"] * 1e9 == pytest.approx(counter.get_total_flops(), rel=1e-9)
+        assert fh.attrs["seconds_per_slice"] > 0 and np.isnan(fh.attrs["peak_gpu_gib"])
+    table = compute_table([tmp_path / "u.h5"], ["zero_filled", "unet"], 4, tmp_path / "compute")
+    assert list(table.index) == ["U-Net"] and table.loc["U-Net", "GFLOPs/slice"] > 0
+    assert "n/a" in (tmp_path / "compute.md").read_text()

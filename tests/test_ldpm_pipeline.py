@@ -23,8 +23,17 @@ from ldpm.method.reconstruct import ldpm, ldpm_no_dss, ldpm_no_mrvae, ldpm_no_sk
 from ldpm.physics import undersample
 from ldpm.stages import RECONSTRUCTORS, TRAINERS, resolve
 
-torch.set_num_threads(2)
 MASKS = {"accelerations": [8], "center_fractions": [0.04]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: a second thread gains nothing, and on a busy machine two OpenMP threads wait for each
+    other at every op (measured: a 32² decode 2 ms with one thread, 0.4 s with two under load)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny_hp() -> dict:
@@ -51,7 +60,8 @@ def trained(prepared, tmp_path_factory):
     """All five stages in dependency order, with the registry's entries (as `ldpm train` calls them)."""
     out = tmp_path_factory.mktemp("ldpm_models")
     hp, train = tiny_hp(), {"train": str(prepared / "train.h5")}
-    w = {name: str(out / f"{name}.safetensors") for name in ("natural_vae", "natural_unet", "sketcher", "mrvae", "mrcn")}
+    names = ("natural_vae", "natural_unet", "sketcher", "mrvae", "mrcn")
+    w = {name: str(out / f"{name}.safetensors") for name in names}
     stages = [
         ("natural_vae", {}, sub(hp, "vae", "natural", "natural_vae")),
         ("natural_unet", {"natural_vae": w["natural_vae"]}, sub(hp, "vae", "unet", "natural", "natural_unet")),
@@ -80,7 +90,8 @@ def test_every_stage_writes_loadable_weights(trained):
     assert "d_hinge" in hist["mrvae"][-1] and "d_hinge" not in hist["mrvae"][0]
     # MRCN saves the control branch only; it loads onto the pretrained U-Net
     keys = load_file(w["mrcn"]).keys()
-    assert any(k.startswith("controlnet_down_blocks") for k in keys) and not any(k.startswith("up_blocks") for k in keys)
+    assert any(k.startswith("controlnet_down_blocks") for k in keys)
+    assert not any(k.startswith("up_blocks") for k in keys)
     model, prompt = components.load_mrcn(w, hp)
     assert model.control.conv_in.weight.shape[1] == 8 and prompt.shape == (1, 1, hp["unet"]["cross_attention_dim"])
     components.load_sketcher(w["sketcher"], hp)
@@ -194,3 +205,16 @@ def test_snakefile_rejects_a_missing_sd_dir_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "ldpm: error: config key ldpm.sd_dir:" in result.stderr and "no-sd is not a directory" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_adaptive_gan_weight_matches_the_gradient_sizes():
+    from ldpm.losses import adaptive_gan_weight
+
+    w = torch.randn(3, 3, requires_grad=True)
+    x = torch.randn(5, 3)
+    rec, gan = (x @ w).abs().mean(), -(x @ w).pow(2).mean() * 7
+    weight = adaptive_gan_weight(rec, gan, w)
+    (g_rec,) = torch.autograd.grad(rec, w, retain_graph=True)
+    (g_gan,) = torch.autograd.grad(weight * gan, w)
+    torch.testing.assert_close(g_gan.norm(), g_rec.norm(), rtol=1e-3, atol=0)
+    assert not weight.requires_grad

@@ -36,3 +36,13 @@ def test_paper_config_validates_with_local_paths(tmp_path):
     cfg = validate_config(cfg)
     assert cfg["data"]["image_size"] == 320 and cfg["score_mri"]["n_steps"] == 2000
     assert cfg["ldpm"]["mrvae"]["lam"] == 0.65 and cfg["ldpm"]["mrcn"]["batch_size"] == 16
+
+
+def test_train_processes_launch_training_under_torchrun(tmp_path):
+    """train_processes: 4 → every training job's command is `torchrun … --nproc_per_node 4 -m ldpm train …`."""
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    result = snakemake(tmp_path, "-n", "-p", "--config", "train_processes=4")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    train_cmds = [line.removeprefix("Shell command: ") for line in out.splitlines() if "--ckpt-dir" in line]
+    assert train_cmds and all(c.startswith("torchrun --standalone --nproc_per_node 4 -m ldpm train") for c in train_cmds)

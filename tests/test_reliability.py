@@ -118,6 +118,7 @@ def default_config() -> dict:
     (lambda c: c["unet"].update(epochs="many"), "config key unet.epochs"),
     (lambda c: c["masks"].update(accelerations=[1]), "config key masks.accelerations"),
     (lambda c: c["data"].update(image_size=200), "config key data.image_size"),
+    (lambda c: c["data"].update(image_size=60), "config key data.image_size: 60 is not divisible by 8 (VAE factor 4"),
     (lambda c: c.update(methods=["zero_filled", "cs_tv"]), "config key methods: unknown method 'cs_tv'"),
     (lambda c: c.update(main_split="Skyra"), "config key main_split"),
 ])

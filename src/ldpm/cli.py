@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -48,9 +49,18 @@ def cmd_masks(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from ldpm.stages import TRAINERS, resolve
+    """Under `torchrun --nproc_per_node N` every process runs this; ldpm.train handles the data-parallel parts."""
+    import torch.distributed as dist
 
-    resolve(TRAINERS, a.model, "model")(a.inputs, a.out, a.ckpt_dir, a.hp, a.masks, a.seed, a.device)
+    from ldpm.stages import TRAINERS, resolve
+    from ldpm.train import init_distributed
+
+    init_distributed(a.device)
+    try:
+        resolve(TRAINERS, a.model, "model")(a.inputs, a.out, a.ckpt_dir, a.hp, a.masks, a.seed, a.device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def cmd_reconstruct(a: argparse.Namespace) -> None:
@@ -85,7 +95,7 @@ def cmd_perceptual(a: argparse.Namespace) -> None:
 def cmd_tables(a: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from ldpm.evaluate.tables import load_volume_metrics, table1, table3
+    from ldpm.evaluate.tables import compute_table, load_volume_metrics, table1, table3
     from ldpm.io import read_table
 
     volumes = load_volume_metrics(a.metrics)
@@ -94,6 +104,8 @@ def cmd_tables(a: argparse.Namespace) -> None:
     table1(volumes, a.methods, a.test_splits[a.main_split], a.acceleration, out / f"table1_af{a.acceleration}",
            perceptual)
     table3(volumes, a.methods, a.test_splits, a.acceleration, out / f"table3_af{a.acceleration}")
+    if a.recon:
+        compute_table(a.recon, a.methods, a.acceleration, out / f"compute_af{a.acceleration}")
 
 
 def cmd_stats(a: argparse.Namespace) -> None:
@@ -152,6 +164,15 @@ def cmd_weights(a: argparse.Namespace) -> None:
         print(f"{spec.metrics}: {path} (sha256 ok)" if path else missing_note(key, a.dir))
 
 
+def _test_set_args(s: argparse.ArgumentParser, per_method: bool = False) -> None:
+    """The preprocessed test set; with per_method, one reconstruction file per method too."""
+    s.add_argument("--test-h5", required=True)
+    s.add_argument("--test-csv", required=True)
+    if per_method:
+        s.add_argument("--methods", nargs="+", required=True)
+        s.add_argument("--recon", nargs="+", required=True, help="one file per method, same order")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ldpm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -176,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_preprocess)
 
     s = sub.add_parser("masks", help="fixed, seeded test masks for one acceleration")
-    s.add_argument("--test-h5", required=True)
-    s.add_argument("--test-csv", required=True)
+    _test_set_args(s)
     s.add_argument("--acceleration", type=int, required=True)
     s.add_argument("--center-fraction", type=float, required=True)
     s.add_argument("--seed", type=int, default=0)
@@ -197,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("reconstruct", help="reconstruct the test set with one method")
     s.add_argument("method")
-    s.add_argument("--test-h5", required=True)
-    s.add_argument("--test-csv", required=True)
+    _test_set_args(s)
     s.add_argument("--masks", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--weights", type=_json, default={}, help="{name: file} of the method's weights")
@@ -209,8 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("metrics", help="per-volume and per-slice PSNR/SSIM/NMSE/HFEN/k-space residual")
-    s.add_argument("--test-h5", required=True)
-    s.add_argument("--test-csv", required=True)
+    _test_set_args(s)
     s.add_argument("--recon", required=True)
     s.add_argument("--masks", required=True, help="the test masks the reconstruction used (k-space residual)")
     s.add_argument("--method", required=True)
@@ -220,10 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_metrics)
 
     s = sub.add_parser("perceptual", help="LPIPS, rFID, KID per method from local backbone weights (else n/a)")
-    s.add_argument("--test-h5", required=True)
-    s.add_argument("--test-csv", required=True)
-    s.add_argument("--methods", nargs="+", required=True)
-    s.add_argument("--recon", nargs="+", required=True, help="one file per method, same order")
+    _test_set_args(s, per_method=True)
     s.add_argument("--split-filter", type=_json, default={})
     s.add_argument("--split-name", default="main")
     s.add_argument("--weights-dir", default="weights")
@@ -234,13 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_perceptual)
 
-    s = sub.add_parser("tables", help="Tables I and III from per-volume metrics")
+    s = sub.add_parser("tables", help="Tables I and III from per-volume metrics; the compute table")
     s.add_argument("--metrics", nargs="+", required=True)
     s.add_argument("--methods", type=_json, required=True)
     s.add_argument("--test-splits", type=_json, required=True)
     s.add_argument("--main-split", required=True)
     s.add_argument("--acceleration", type=int, required=True)
     s.add_argument("--perceptual", help="csv of `ldpm perceptual`; without it LPIPS/rFID/KID read n/a")
+    s.add_argument("--recon", nargs="*", default=[], help="reconstructions: their cost attrs → compute_af<AF>")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_tables)
 
@@ -256,10 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stats)
 
     s = sub.add_parser("figure2", help="example reconstructions with error maps")
-    s.add_argument("--test-h5", required=True)
-    s.add_argument("--test-csv", required=True)
-    s.add_argument("--methods", nargs="+", required=True)
-    s.add_argument("--recon", nargs="+", required=True, help="one file per method, same order")
+    _test_set_args(s, per_method=True)
     s.add_argument("--zero-filled", required=True, help="zero-filled reconstruction (shown under GT)")
     s.add_argument("--split-filter", type=_json, default={})
     s.add_argument("--n-examples", type=int, default=2)
@@ -276,8 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_table2)
 
     s = sub.add_parser("figure3", help="Fig 3: MR-VAE vs natural-image VAE reconstructions, metrics CSV")
-    s.add_argument("--test-h5", required=True)
-    s.add_argument("--test-csv", required=True)
+    _test_set_args(s)
     s.add_argument("--weights", type=_json, required=True, help='{"mrvae": file, "natural_vae": file}')
     s.add_argument("--hp", type=_json, required=True, help="ldpm sub-blocks sd_dir and vae")
     s.add_argument("--split-filter", type=_json, default={})
@@ -317,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
         # One provenance sidecar per output, written here so that no stage can forget it.
-        if getattr(args, "record", True):
+        if getattr(args, "record", True) and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 records
             provenance.record_stage(args, argv, list(io.WRITTEN), started, time.time())
     except LdpmError as exc:
         print(f"ldpm: error: {exc}", file=sys.stderr)

@@ -62,6 +62,14 @@ def check_semantics(config: dict) -> None:
     if data["image_size"] > data["crop_size"]:
         raise LdpmError(f"config key data.image_size: {data['image_size']} > data.crop_size {data['crop_size']}; "
                         f"images are only ever shrunk after cropping")
+    ldpm = config["ldpm"]
+    # LDPM's latent must pass the U-Net's down/up path whole: image_size / VAE factor / 2^(U-Net levels − 1).
+    vae_factor, unet_down = (8, 8) if ldpm["sd_dir"] else (ldpm["vae"]["latent_factor"],
+                                                         2 ** (len(ldpm["unet"]["block_out_channels"]) - 1))
+    if data["image_size"] % (vae_factor * unet_down):
+        size, step = data["image_size"], vae_factor * unet_down
+        raise LdpmError(f"config key data.image_size: {size} is not divisible by {step} (VAE factor {vae_factor} × "
+                        f"U-Net downsampling {unet_down}); use {size - size % step or step} or {size - size % step + step}")
     for af in [*masks["accelerations"], *masks["train"]["accelerations"]]:
         if af <= 1:
             raise LdpmError(f"config key masks.accelerations: acceleration {af} must be > 1 (e.g. 4 or 8)")

@@ -7,13 +7,16 @@ registered for it in `ldpm.stages.RECONSTRUCTORS` from the method's weight files
 from __future__ import annotations
 
 import logging
+import resource
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable
 
 import h5py
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from ldpm import LdpmError
@@ -35,7 +38,7 @@ def zero_filled(weights: dict[str, Path], hp: dict, device: torch.device) -> Rec
 def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_npz: str | Path, out: str | Path, *,
                 weights: dict[str, str] | None = None, hp: dict | None = None, batch_size: int = 16,
                 device: str = "auto", seed: int = 0) -> None:
-    """Write `out` (h5, dataset `recon` aligned with the rows of test_csv) and log seconds per slice."""
+    """Write `out` (h5, dataset `recon` aligned with the rows of test_csv; attrs: the `Cost` per slice)."""
     factory = resolve(RECONSTRUCTORS, method, "method")
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -46,18 +49,49 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
     masks = load_test_masks(masks_npz, slice_ids)
     run = factory({name: Path(p) for name, p in (weights or {}).items()}, hp or {}, dev)
     out_images = np.empty(images.shape, dtype=np.float32)
-    t0 = time.time()
+    starts = range(0, len(images), batch_size)
+    cost = Cost(dev)
     # Samplers that need gradients (k-space guidance) re-enable them locally.
     with torch.no_grad(), autocast(dev):
-        for start in tqdm(range(0, len(images), batch_size), desc=f"reconstruct {method}", mininterval=2.0,
-                          disable=None):
+        for start in tqdm(starts, desc=f"reconstruct {method}", mininterval=2.0, disable=None):
             x = images[start:start + batch_size, None].to(dev)
             mask = masks[start:start + batch_size].to(dev)
             k_u, x_u = undersample(x, mask)
-            out_images[start:start + len(x)] = run(x_u, k_u, mask)[:, 0].detach().float().cpu().numpy()
-    seconds = time.time() - t0
-    log.info("%s: %d slices in %.1f s (%.3f s/slice) on %s", method, len(images), seconds,
-             seconds / len(images), dev)
+            with cost.measure(len(x), count_flops=start == 0, timed=start > 0 or len(starts) == 1):
+                out_images[start:start + len(x)] = run(x_u, k_u, mask)[:, 0].detach().float().cpu().numpy()
+    log.info("%s: %d slices on %s, %s", method, len(images), dev, cost.summary())
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as fh:
         fh.create_dataset("recon", data=out_images)
-        fh.attrs.update({"method": method, "seconds_per_slice": seconds / len(images), "device": str(dev)})
+        fh.attrs.update({"method": method, "device": str(dev), **cost.attrs()})
+
+
+class Cost:
+    """Compute cost per slice: FLOPs counted on the first batch (torch.utils.flop_counter), seconds over the other
+    batches (the counter slows the batch it watches), peak memory of the process (and of the GPU on CUDA)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.flops, self.seconds, self.timed_slices = device, 0.0, 0.0, 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    @contextmanager
+    def measure(self, n_slices: int, count_flops: bool, timed: bool):
+        counter = FlopCounterMode(display=False) if count_flops else nullcontext()
+        t0 = time.perf_counter()
+        with counter:
+            yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if timed:
+            self.seconds += time.perf_counter() - t0
+            self.timed_slices += n_slices
+        if count_flops:
+            self.flops = counter.get_total_flops() / n_slices
+
+    def attrs(self) -> dict[str, float]:
+        gpu = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else float("nan")
+        return {"seconds_per_slice": self.seconds / max(1, self.timed_slices), "gflops_per_slice": self.flops / 1e9,
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_gpu_gib": gpu}
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.4g}" for k, v in self.attrs().items())

@@ -1,5 +1,10 @@
 """One training loop for every stage: resumable checkpoints, deterministic batches, tqdm progress, a log file.
 
+Multi-GPU: run the same command under `torchrun --nproc_per_node N` (config key `train_processes`). Every
+process builds the same global batch (same indices, same masks) and keeps its slice `[rank::N]`; the trainers wrap
+their trainable modules in torch's DistributedDataParallel (`data_parallel`), which averages the gradients, so N
+processes take the same optimiser steps as one process on the whole batch. Rank 0 alone writes checkpoints and weights.
+
 Determinism and resume: batch order and masks come from generators seeded by (seed, epoch) and (seed, step),
 not from iterator state, so a job killed at step k and restarted from its last checkpoint draws exactly the
 batches an uninterrupted run would. Checkpoints hold state dicts and torch RNG state only and are loaded with
@@ -18,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -27,10 +34,62 @@ log = logging.getLogger("ldpm.train")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU; any other value is passed to torch.device."""
+    """'auto' picks CUDA when present (the process's own GPU, LOCAL_RANK, under torchrun), else CPU; any other
+    value is passed to torch.device."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
     return torch.device(name)
+
+
+# ------------------------------------------------------------------ data-parallel training (torchrun + DDP)
+def init_distributed(device: str = "auto") -> None:
+    """Join torchrun's process group (NCCL on GPUs, Gloo on CPU) when launched with WORLD_SIZE > 1; a no-op for a
+    plain process. Only rank 0 logs INFO and shows progress."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dist.get_rank() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def world() -> tuple[int, int]:
+    """(rank, number of processes); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def shard(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """This process's slice [rank::N] of a global batch (every tensor indexed along dim 0 alike)."""
+    rank, n = world()
+    return tensors if n == 1 else tuple(t[rank::n] for t in tensors)
+
+
+def data_parallel(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` wrapped in DistributedDataParallel under torchrun (call the wrapper in the training step so the
+    backward pass all-reduces the gradients); the module itself in a plain process."""
+    if world()[1] == 1:
+        return module
+    dev = next(module.parameters()).device
+    return DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: tuple | None = None) -> None:
+    """zero_grad → backward → (optional grad-norm clip: (parameters, max_norm)) → step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None and clip[1] > 0:
+        torch.nn.utils.clip_grad_norm_(*clip)
+    optimizer.step()
 
 
 def autocast(device: torch.device):
@@ -56,6 +115,11 @@ class EpochSampler:
     n_items: int
     batch_size: int
     seed: int
+
+    def __post_init__(self):
+        if self.batch_size % world()[1]:
+            raise LdpmError(f"batch_size {self.batch_size} does not split over {world()[1]} training processes; "
+                            f"make the stage's batch_size a multiple of config key train_processes")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -92,6 +156,8 @@ class Trainer:
         return next(params, torch.empty(0)).device
 
     def save_checkpoint(self, step: int) -> None:
+        if not is_main_process():  # DDP keeps every process's weights identical: rank 0 writes for all
+            return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "step": step,
@@ -127,7 +193,7 @@ class Trainer:
             m.train()
         t0 = time.time()
         bar = tqdm(range(start, self.total_steps), desc=self.desc, initial=start, total=self.total_steps,
-                   mininterval=2.0, disable=None)
+                   mininterval=2.0, disable=None if is_main_process() else True)
         for step in bar:
             with autocast(self._device()):
                 losses = step_fn(step)
@@ -144,8 +210,18 @@ class Trainer:
         return self.history
 
 
+def epoch_trainer(modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                  ckpt_dir: str | Path, n_items: int, hp: dict, seed: int, desc: str) -> tuple[EpochSampler, Trainer]:
+    """The sampler and Trainer of a stage that runs hp["epochs"] epochs of hp["batch_size"] over n_items."""
+    sampler = EpochSampler(n_items, hp["batch_size"], seed)
+    return sampler, Trainer(modules, optimizers, ckpt_dir, total_steps=hp["epochs"] * sampler.steps_per_epoch,
+                            ckpt_every=hp["ckpt_every"], desc=desc)
+
+
 def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Final weights as safetensors (contiguous, CPU copies; shared tensors are cloned)."""
+    """Final weights as safetensors (contiguous, CPU copies; shared tensors are cloned); rank 0 only."""
+    if not is_main_process():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}

@@ -15,6 +15,9 @@ except LdpmError as exc:
 RESULTS = "results"
 SEED = config["seed"]
 DEVICE = config["device"]
+# Training jobs run data-parallel under torchrun when train_processes > 1 (see ldpm.train).
+TRAIN_LAUNCHER = ("ldpm" if config["train_processes"] == 1 else
+                  f"torchrun --standalone --nproc_per_node {config['train_processes']} -m ldpm")
 
 
 def as_json(value):

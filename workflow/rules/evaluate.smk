@@ -93,6 +93,7 @@ rule tables:
     input:
         metrics=lambda w: volume_metrics(w.af),
         perceptual=f"{RESULTS}/metrics/perceptual_af{{af}}.csv",
+        recon=lambda w: recon_files(w.af),
     output:
         table1=report(f"{RESULTS}/tables/table1_af{{af}}.csv", caption=caption("table1"), category="Tables",
                       labels={"table": "Table I", "AF": "{af}"}),
@@ -100,7 +101,10 @@ rule tables:
                          labels={"table": "Table I (md, with footnotes)", "AF": "{af}"}),
         table3=report(f"{RESULTS}/tables/table3_af{{af}}.csv", caption=caption("table3"), category="Tables",
                       labels={"table": "Table III", "AF": "{af}"}),
+        compute=report(f"{RESULTS}/tables/compute_af{{af}}.md", caption=caption("compute"), category="Tables",
+                       labels={"table": "Compute cost", "AF": "{af}"}),
         other=expand(f"{RESULTS}/tables/{{name}}_af{{{{af}}}}.{{ext}}", name=["table1", "table3"], ext=["tex"])
+        + expand(f"{RESULTS}/tables/compute_af{{{{af}}}}.{{ext}}", ext=["csv", "tex"])
         + [f"{RESULTS}/tables/table3_af{{af}}.md"],
     log:
         f"{RESULTS}/logs/tables_af{{af}}.log",
@@ -110,7 +114,7 @@ rule tables:
     shell:
         "ldpm tables --metrics {input.metrics} --perceptual {input.perceptual} --methods {params.methods} "
         "--test-splits {params.splits} --main-split {config[main_split]} --acceleration {wildcards.af} "
-        "--out-dir {RESULTS}/tables > {log} 2>&1"
+        "--recon {input.recon} --out-dir {RESULTS}/tables > {log} 2>&1"
 
 
 rule stats:

