@@ -121,6 +121,7 @@ def default_config() -> dict:
     (lambda c: c["data"].update(image_size=60), "config key data.image_size: 60 is not divisible by 8 (VAE factor 4"),
     (lambda c: c.update(methods=["zero_filled", "cs_tv"]), "config key methods: unknown method 'cs_tv'"),
     (lambda c: c.update(main_split="Skyra"), "config key main_split"),
+    (lambda c: c.update(device="cpu; touch PWNED"), "config key device"),
 ])
 def test_bad_config_is_named(edit, key):
     cfg = copy.deepcopy(default_config())
@@ -171,3 +172,28 @@ def test_empty_split_after_filtering(capsys, tmp_path):
                    json.dumps(splits), "--main-split", "all", "--acceleration", "8", "--out-dir", str(tmp_path / "t"))
     assert "config key test_splits.Skyra15" in line and "selects no test volume" in line
     assert not (tmp_path / "t" / "table3_af8.csv").exists()
+
+
+def test_config_strings_reach_the_shell_as_single_arguments(tmp_path):
+    """Safety: a split name or path with spaces and shell syntax is passed as one argument, never executed."""
+    import shlex
+
+    from test_pipeline import snakemake
+
+    cfg = default_config()
+    name = "a b; touch PWNED"
+    cfg["test_splits"][name] = {"dataset": "brain"}
+    cfg["main_split"] = name
+    cfg["evaluation"]["weights_dir"] = "my weights; touch PWNED2"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake(tmp_path, "-n", "-p")
+    assert result.returncode == 0, result.stdout[-2000:]
+    commands = {}
+    for line in result.stdout.splitlines():
+        line = line.removeprefix("Shell command: ")
+        if line.startswith("ldpm "):
+            argv = shlex.split(line.split(" > ")[0])
+            commands.setdefault(argv[1], argv)
+    assert commands["tables"][commands["tables"].index("--main-split") + 1] == name
+    assert commands["perceptual"][commands["perceptual"].index("--weights-dir") + 1] == "my weights; touch PWNED2"
+    assert not list(tmp_path.glob("PWNED*"))

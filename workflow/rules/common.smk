@@ -14,7 +14,9 @@ except LdpmError as exc:
 
 RESULTS = "results"
 SEED = config["seed"]
-DEVICE = config["device"]
+# Config strings reach shell commands quoted, never as shell syntax (numbers are typed by the schema).
+DEVICE = shlex.quote(config["device"])
+MAIN_SPLIT = shlex.quote(config["main_split"])
 # Training jobs run data-parallel under torchrun when train_processes > 1 (see ldpm.train).
 TRAIN_LAUNCHER = ("ldpm" if config["train_processes"] == 1 else
                   f"torchrun --standalone --nproc_per_node {config['train_processes']} -m ldpm")

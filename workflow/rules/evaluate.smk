@@ -7,6 +7,7 @@ from ldpm.evaluate.perceptual import present_weights
 
 RECON["zero_filled"] = {"weights": {}, "hp": {}}
 EVAL = config["evaluation"]
+WEIGHTS_DIR = shlex.quote(EVAL["weights_dir"])
 AFS = config["masks"]["accelerations"]
 
 # Every `ldpm` stage copies this hash of the validated config into its provenance sidecars. It reaches the jobs
@@ -85,8 +86,8 @@ rule perceptual:
         hub="" if EVAL["use_hub_cache"] else "--no-hub-cache",
     shell:
         "ldpm perceptual --test-h5 {input.h5} --test-csv {input.csv} --methods {params.methods} "
-        "--recon {input.recon} --split-filter {params.split} --split-name {config[main_split]} "
-        "--weights-dir {EVAL[weights_dir]} {params.hub} --seed {SEED} --device {DEVICE} --out {output} > {log} 2>&1"
+        "--recon {input.recon} --split-filter {params.split} --split-name {MAIN_SPLIT} "
+        "--weights-dir {WEIGHTS_DIR} {params.hub} --seed {SEED} --device {DEVICE} --out {output} > {log} 2>&1"
 
 
 rule tables:
@@ -113,7 +114,7 @@ rule tables:
         splits=as_json(config["test_splits"]),
     shell:
         "ldpm tables --metrics {input.metrics} --perceptual {input.perceptual} --methods {params.methods} "
-        "--test-splits {params.splits} --main-split {config[main_split]} --acceleration {wildcards.af} "
+        "--test-splits {params.splits} --main-split {MAIN_SPLIT} --acceleration {wildcards.af} "
         "--recon {input.recon} --out-dir {RESULTS}/tables > {log} 2>&1"
 
 

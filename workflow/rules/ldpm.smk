@@ -69,7 +69,7 @@ rule ldpm_table2:
         split=as_json(config["test_splits"][config["main_split"]]),
     shell:
         "ldpm table2 --metrics {input} --methods {params.methods} --split-filter {params.split} "
-        "--split-name {config[main_split]} --acceleration {wildcards.af} "
+        "--split-name {MAIN_SPLIT} --acceleration {wildcards.af} "
         "--out-stem {RESULTS}/tables/table2_af{wildcards.af} > {log} 2>&1"
 
 
@@ -90,5 +90,5 @@ rule ldpm_figure3:
         split=as_json(config["test_splits"][config["main_split"]]),
     shell:
         "ldpm figure3 --test-h5 {input.h5} --test-csv {input.csv} --weights {params.weights} --hp {params.hp} "
-        "--split-filter {params.split} --split-name {config[main_split]} --out {output.png} "
+        "--split-filter {params.split} --split-name {MAIN_SPLIT} --out {output.png} "
         "--out-csv {output.csv} > {log} 2>&1"
