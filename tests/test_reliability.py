@@ -147,12 +147,16 @@ def test_missing_weights_file_at_reconstruct(capsys, prepared, tmp_path):
 
 
 def test_corrupted_checkpoint_at_train(capsys, prepared, tmp_path):
+    from ldpm.train import checkpoint_identity, claim_checkpoint_dir
+
     ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "last.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
     out = tmp_path / "unet.safetensors"
     hp = {"chans": 4, "num_pool_layers": 2, "drop_prob": 0.0, "lr": 1e-3, "batch_size": 4, "epochs": 1,
           "ckpt_every": 1}
+    masks = {"accelerations": [8], "center_fractions": [0.04]}
+    # a checkpoint of this very run (same identity), damaged on disk
+    claim_checkpoint_dir(ckpt, checkpoint_identity("unet", {"train": str(prepared / "train.h5")}, hp, masks, 0))
+    (ckpt / "last.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
     line = run_cli(capsys, "train", "unet", "--inputs", json.dumps({"train": str(prepared / "train.h5")}),
                    "--out", str(out), "--ckpt-dir", str(ckpt), "--hp", json.dumps(hp),
                    "--masks", json.dumps({"accelerations": [8], "center_fractions": [0.04]}), "--device", "cpu")

@@ -42,3 +42,40 @@ def test_corrupted_checkpoint_is_named(tmp_path):
     trainer = Trainer({"m": model}, {}, tmp_path / "ck", total_steps=1)
     with pytest.raises(LdpmError, match="last.pt: corrupted checkpoint"):
         trainer.run(lambda step: {})
+
+
+def test_a_checkpoint_from_other_settings_or_inputs_is_not_resumed(prepared, tmp_path, caplog):
+    """Snakemake reruns a training job whose hp or inputs changed; its checkpoint must then not be resumed."""
+    import json
+    import logging
+    import shutil
+
+    from ldpm.cli import main
+
+    caplog.set_level(logging.INFO)
+
+    def train(hp, ckpt, out, data=prepared / "train.h5"):
+        return main(["train", "unet", "--inputs", json.dumps({"train": str(data)}), "--out", str(out),
+                     "--ckpt-dir", str(ckpt), "--hp", json.dumps(hp), "--masks", json.dumps(MASKS), "--device", "cpu"])
+
+    ckpt = tmp_path / "ck"
+    assert train(HP | {"epochs": 1}, ckpt, tmp_path / "a.safetensors") == 0
+    # same run again: resumes the finished checkpoint, nothing to train, same weights
+    assert train(HP | {"epochs": 1}, ckpt, tmp_path / "b.safetensors") == 0
+    assert "resumed unet" in caplog.text and "set aside" not in caplog.text
+    assert load_file(tmp_path / "a.safetensors").keys() == load_file(tmp_path / "b.safetensors").keys()
+    # other hp: starts over and ends where a fresh run with those hp ends
+    assert train(HP | {"epochs": 1, "lr": 3e-3}, ckpt, tmp_path / "c.safetensors") == 0
+    assert "set aside as last.stale.pt" in caplog.text and (ckpt / "last.stale.pt").exists()
+    assert train(HP | {"epochs": 1, "lr": 3e-3}, tmp_path / "fresh", tmp_path / "d.safetensors") == 0
+    c, d = load_file(tmp_path / "c.safetensors"), load_file(tmp_path / "d.safetensors")
+    assert all(torch.equal(c[k], d[k]) for k in c)
+    # a changed input file (same path, other bytes) also starts over
+    caplog.clear()
+    data = tmp_path / "train.h5"
+    shutil.copy(prepared / "train.h5", data)
+    assert train(HP | {"epochs": 1, "lr": 3e-3}, tmp_path / "ck2", tmp_path / "e.safetensors", data) == 0
+    with open(data, "ab") as fh:
+        fh.write(b"\0")  # h5 ignores trailing bytes; the sha256 does not
+    assert train(HP | {"epochs": 1, "lr": 3e-3}, tmp_path / "ck2", tmp_path / "f.safetensors", data) == 0
+    assert "set aside" in caplog.text

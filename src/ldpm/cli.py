@@ -53,11 +53,16 @@ def cmd_train(a: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from ldpm.stages import TRAINERS, resolve
-    from ldpm.train import init_distributed
+    from ldpm.train import checkpoint_identity, claim_checkpoint_dir, init_distributed, is_main_process
 
+    trainer = resolve(TRAINERS, a.model, "model")
     init_distributed(a.device)
     try:
-        resolve(TRAINERS, a.model, "model")(a.inputs, a.out, a.ckpt_dir, a.hp, a.masks, a.seed, a.device)
+        if is_main_process():
+            claim_checkpoint_dir(a.ckpt_dir, checkpoint_identity(a.model, a.inputs, a.hp, a.masks, a.seed))
+        if dist.is_initialized():
+            dist.barrier()  # no process may load a checkpoint that rank 0 is setting aside
+        trainer(a.inputs, a.out, a.ckpt_dir, a.hp, a.masks, a.seed, a.device)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -13,6 +13,7 @@ batches an uninterrupted run would. Checkpoints hold state dicts and torch RNG s
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -216,6 +217,31 @@ def epoch_trainer(modules: dict[str, torch.nn.Module], optimizers: dict[str, tor
     sampler = EpochSampler(n_items, hp["batch_size"], seed)
     return sampler, Trainer(modules, optimizers, ckpt_dir, total_steps=hp["epochs"] * sampler.steps_per_epoch,
                             ckpt_every=hp["ckpt_every"], desc=desc)
+
+
+def checkpoint_identity(model: str, inputs: dict[str, str], hp: dict, masks: dict, seed: int) -> dict:
+    """What a checkpoint belongs to: the stage, its settings and the sha256 of every input file."""
+    from ldpm.provenance import file_sha256  # cached in the inputs' sidecars, so big inputs are hashed once
+
+    return {"model": model, "hp": hp, "masks": masks, "seed": seed,
+            "inputs": {name: file_sha256(path) for name, path in sorted(inputs.items())}}
+
+
+def claim_checkpoint_dir(ckpt_dir: str | Path, identity: dict) -> None:
+    """A checkpoint resumes only the run that wrote it. Snakemake reruns a training job when its settings or inputs
+    change, and the checkpoint directory is not an output, so a checkpoint written under another identity (kept in
+    ckpt_dir/run.json) is set aside as last.stale.pt, with a warning, and the stage starts over."""
+    ckpt_dir = Path(ckpt_dir)
+    record, last = ckpt_dir / "run.json", ckpt_dir / "last.pt"
+    text = json.dumps(identity, sort_keys=True, indent=1)
+    if last.exists() and (not record.exists() or record.read_text() != text):
+        os.replace(last, ckpt_dir / "last.stale.pt")
+        log.warning("%s was written with other settings or inputs than this run (see %s); set aside as "
+                    "last.stale.pt, training starts over", last, record)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, record)
 
 
 def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
