@@ -8,7 +8,7 @@ if not workflow.config_settings.configfiles:
     configfile: "config.yaml"
 
 
-# `snakemake --report results/report.html`: tables, figures, provenance audits with captions from workflow/report/.
+# `snakemake --report results/snakemake_report.html`: tables, figures, provenance audits with captions from workflow/report/.
 report: "workflow/report/workflow.rst"
 
 
@@ -18,10 +18,11 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/ldpm.smk"
+include: "workflow/rules/report.smk"
 
 
 # Cheap rules run on the submit host when a cluster executor is used (profiles/slurm).
-localrules: all, masks, tables, figure2, stats, audit
+localrules: all, masks, tables, figure2, stats, audit, html_report
 
 
 rule all:

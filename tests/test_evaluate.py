@@ -384,3 +384,22 @@ def test_reconstruct_records_the_flops_of_one_slice_and_the_compute_table_reads_
     table = compute_table([tmp_path / "u.h5"], ["zero_filled", "unet"], 4, tmp_path / "compute")
     assert list(table.index) == ["U-Net"] and table.loc["U-Net", "GFLOPs/slice"] > 0
     assert "n/a" in (tmp_path / "compute.md").read_text()
+
+
+def test_html_report_renders_tables_with_captions_notes_and_inlined_figures(tmp_path):
+    from ldpm.evaluate.report import write_report
+    from ldpm.evaluate.tables import write_table_formats
+
+    table = pd.DataFrame({"PSNR": [30.12346, 31.0], "LPIPS": [np.nan, 0.1]}, index=["U-Net", "LDPM (Ours)"])
+    write_table_formats(table, tmp_path / "t1", "Table I: caption <AF 8>", ["[1] LPIPS n/a: file missing"])
+    png = tmp_path / "fig.png"
+    import matplotlib.pyplot as plt
+
+    plt.imsave(png, np.eye(8))
+    (tmp_path / "audit.txt").write_text("results/tables/t1.csv <- metrics")
+    write_report([tmp_path / "t1.md"], [png], [tmp_path / "audit.txt"], tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert "<caption>Table I: caption &lt;AF 8&gt;</caption>" in page
+    assert "<td>30.1235</td>" in page and "<td>n/a</td>" in page and "[1] LPIPS n/a: file missing" in page
+    assert "data:image/png;base64," in page and "results/tables/t1.csv &lt;- metrics" in page
+    assert page.count("<tr>") == 3  # header + two rows; the md separator line is not a row

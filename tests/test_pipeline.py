@@ -64,12 +64,15 @@ def test_snakefile_end_to_end(tmp_path):
     audit = (tmp_path / "results/provenance/audit_af8.txt").read_text()
     assert "results/data/index.csv" in audit and "results/raw/embedded/brain/" in audit and "CHANGED" not in audit
     assert (tmp_path / "results/tables/table2_af8.csv").exists() and (tmp_path / "results/figures/fig3.png").exists()
+    page = (tmp_path / "results/report.html").read_text()
+    assert all(f"<caption>Table {n}" in page for n in ("I:", "II:", "III:")) and page.count("data:image/png") == 2
     # every output stays under results/ (besides the config, Snakemake's own state and the empty hub cache)
     assert {p.name for p in tmp_path.iterdir()} <= {"config.yaml", ".snakemake", "torch_home", "results"}
     cost = pd.read_csv(tmp_path / "results/tables/compute_af8.csv", index_col=0)
     assert list(cost.index) == list(table.index) and (cost.loc["LDPM (Ours)", "GFLOPs/slice"] > 0)
-    report = snakemake(tmp_path, "--report", "results/report.html")
-    assert report.returncode == 0 and (tmp_path / "results/report.html").stat().st_size > 100_000, report.stderr[-2000:]
+    report = snakemake(tmp_path, "--report", "results/snakemake_report.html")
+    assert report.returncode == 0 and (tmp_path / "results/snakemake_report.html").stat().st_size > 100_000, \
+        report.stderr[-2000:]
     # nothing to do on a second run
     again = snakemake(tmp_path, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -169,6 +169,12 @@ def cmd_weights(a: argparse.Namespace) -> None:
         print(f"{spec.metrics}: {path} (sha256 ok)" if path else missing_note(key, a.dir))
 
 
+def cmd_report(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.report import write_report
+
+    write_report(a.tables, a.figures, a.texts, a.out)
+
+
 def _test_set_args(s: argparse.ArgumentParser, per_method: bool = False) -> None:
     """The preprocessed test set; with per_method, one reconstruction file per method too."""
     s.add_argument("--test-h5", required=True)
@@ -302,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="figure (png)")
     s.add_argument("--out-csv", required=True, help="PSNR / SSIM per VAE")
     s.set_defaults(func=cmd_figure3)
+
+    s = sub.add_parser("report", help="one self-contained HTML page: tables, figures, provenance audits")
+    s.add_argument("--tables", nargs="+", required=True, help="table .md files (caption, table, notes) or csv")
+    s.add_argument("--figures", nargs="*", default=[], help="png files, inlined")
+    s.add_argument("--texts", nargs="*", default=[], help="text files shown verbatim (audits)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("audit", help="provenance chain of an output: table ← metrics ← recon ← … ← raw files")
     s.add_argument("paths", nargs="+", help="tables, figures, reconstructions … with a .prov.json record")

@@ -1,5 +1,5 @@
 # Reconstruction of the test set per (method, AF), metrics, perceptual metrics, tables, statistics, Fig 2,
-# provenance audits. Outputs marked report(...) appear in `snakemake --report results/report.html`.
+# provenance audits. Outputs marked report(...) appear in `snakemake --report results/snakemake_report.html`.
 import hashlib
 import os
 

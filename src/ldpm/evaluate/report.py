@@ -1,0 +1,86 @@
+"""One self-contained HTML page of a run's results: the tables (with their captions and footnotes), the figures
+(inlined), the provenance audits and the run's identity. `snakemake --report` adds Snakemake's own per-rule view;
+this page is what `snakemake --cores all` leaves in results/report.html.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ldpm.io import atomic_output
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th:first-child,td:first-child{text-align:left}caption{caption-side:top;text-align:left;
+font-weight:600;padding:.3em 0}.note{font-size:.85em;color:#555}pre{background:#f6f6f6;padding:.6em;
+overflow-x:auto;font-size:.8em}img{max-width:100%}"""
+
+
+def markdown_html(md_text: str) -> str:
+    """The .md files ldpm.evaluate writes, as HTML: pipe tables become tables (the line before a table is its
+    caption), every other line a paragraph."""
+    out, rows, caption = [], [], None
+
+    def flush():
+        nonlocal rows, caption
+        if rows:
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows if not set(r) <= set("|:- ")]
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
+            cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+            out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        rows, caption = [], None
+
+    paragraphs = []
+    for line in md_text.splitlines():
+        if line.startswith("|"):
+            if not rows and paragraphs:
+                caption = paragraphs.pop()
+                out.pop()
+            rows.append(line)
+            continue
+        flush()
+        if line.strip():
+            paragraphs.append(line.strip())
+            out.append(f'<p class="note">{html.escape(line.strip())}</p>')
+    flush()
+    return "".join(out)
+
+
+def table_html(path: Path) -> str:
+    """A table .md (caption, table, footnotes) as written; a csv without one through pandas."""
+    body = (markdown_html(path.read_text()) if path.suffix == ".md" else
+            pd.read_csv(path, index_col=0).to_html(na_rep="n/a", float_format=lambda v: f"{v:.4f}", border=0))
+    return f'<section id="{path.stem}">{body}<p class="note">source: {html.escape(str(path))}</p></section>'
+
+
+def figure_html(png: Path) -> str:
+    data = base64.b64encode(png.read_bytes()).decode()
+    return (f'<figure id="{png.stem}"><img alt="{png.stem}" src="data:image/png;base64,{data}">'
+            f'<figcaption class="note">{html.escape(str(png))}</figcaption></figure>')
+
+
+def write_report(tables: list[str | Path], figures: list[str | Path], texts: list[str | Path], out: str | Path,
+                 title: str = "LDPM benchmark") -> None:
+    from ldpm.provenance import git_state
+
+    git = git_state()
+    identity = (f"commit {git.get('commit') or 'n/a'}{' (uncommitted changes)' if git.get('dirty') else ''}, "
+                f"config sha256 {os.environ.get('LDPM_CONFIG_SHA256', 'n/a')}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             f'<p class="note">{html.escape(identity)}. Every file named here has a provenance record '
+             f"<code>&lt;file&gt;.prov.json</code>; <code>ldpm audit &lt;file&gt;</code> prints its chain back to "
+             f"the raw data.</p>", "<h2>Tables</h2>"]
+    parts += [table_html(Path(t)) for t in tables]
+    parts += ["<h2>Figures</h2>", *[figure_html(Path(f)) for f in figures]]
+    parts += ["<h2>Provenance</h2>"]
+    parts += [f"<h3>{html.escape(Path(t).name)}</h3><pre>{html.escape(Path(t).read_text())}</pre>" for t in texts]
+    parts.append("</body></html>")
+    with atomic_output(out) as tmp:
+        tmp.write_text("\n".join(parts))
