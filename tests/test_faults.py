@@ -44,9 +44,11 @@ def test_two_clean_runs_give_byte_identical_tables(tmp_path):
         assert (first / name).read_bytes() == (run / "results" / "tables" / name).read_bytes(), name
 
 
-def kill_9_when(workdir: Path, target: str, started: Path) -> None:
+def kill_9_and_rerun(workdir: Path, cfg: dict, target: str, started: Path, finished_before: Path) -> None:
     """Run Snakemake for `target` in its own process group and kill -9 the whole group (a node going down) once
-    `started` exists; then `--unlock`, as the README tells a user to."""
+    `started` exists; `--unlock`, as the README tells a user to; rerun. `finished_before`, done before the kill,
+    must not be redone."""
+    write_config(workdir, cfg)
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                              "--cores", "2", target], env=env, start_new_session=True,
@@ -59,6 +61,10 @@ def kill_9_when(workdir: Path, target: str, started: Path) -> None:
     proc.wait()
     assert not (workdir / target).exists()
     assert snakemake(workdir, "--unlock").returncode == 0
+    before = finished_before.stat().st_mtime_ns
+    result = snakemake(workdir, target)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert finished_before.stat().st_mtime_ns == before, f"{finished_before} was redone"
 
 
 def test_kill_9_during_training_resumes_from_the_checkpoint(tmp_path):
@@ -66,33 +72,22 @@ def test_kill_9_during_training_resumes_from_the_checkpoint(tmp_path):
     preprocessing that had finished."""
     cfg = small_config()
     cfg["unet"].update(epochs=200, ckpt_every=5)
-    write_config(tmp_path, cfg)
-    target = "results/models/unet.safetensors"
-    kill_9_when(tmp_path, target, tmp_path / "results/checkpoints/unet/last.pt")
-    train_h5 = tmp_path / "results/data/train.h5"
-    before = train_h5.stat().st_mtime_ns
-    result = snakemake(tmp_path, target)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    kill_9_and_rerun(tmp_path, cfg, "results/models/unet.safetensors", tmp_path / "results/checkpoints/unet/last.pt",
+                     finished_before=tmp_path / "results/data/train.h5")
     assert "resumed unet" in (tmp_path / "results/logs/train_unet.log").read_text()
-    assert train_h5.stat().st_mtime_ns == before, "finished preprocessing was redone"
 
 
 def test_kill_9_during_sampling_reruns_only_the_sampling(tmp_path):
     """Killed mid-sampling: no reconstruction is left that Snakemake would take as complete; the rerun samples again
     with the finished model (not retrained) and gives the same file as an uninterrupted run."""
-    cfg = small_config()
-    cfg["score_mri"]["n_steps"] = 400  # long enough to be caught mid-sampling
-    write_config(tmp_path, cfg)
-    target = "results/recon/score_mri/af8.h5"
-    kill_9_when(tmp_path, target, tmp_path / "results/logs/reconstruct_score_mri_af8.log")
-    model = tmp_path / "results/models/score_mri.safetensors"
-    before = model.stat().st_mtime_ns
-    result = snakemake(tmp_path, target)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert model.stat().st_mtime_ns == before, "the finished model was retrained"
-    assert not list((tmp_path / "results/recon/score_mri").glob(".*.partial")), "a partial file was left behind"
     import h5py
 
+    cfg = small_config()
+    cfg["score_mri"]["n_steps"] = 400  # long enough to be caught mid-sampling
+    target = "results/recon/score_mri/af8.h5"
+    kill_9_and_rerun(tmp_path, cfg, target, tmp_path / "results/logs/reconstruct_score_mri_af8.log",
+                     finished_before=tmp_path / "results/models/score_mri.safetensors")
+    assert not list((tmp_path / "results/recon/score_mri").glob(".*.partial")), "a partial file was left behind"
     with h5py.File(tmp_path / target) as fh:
         rerun = fh["recon"][()]
     (tmp_path / target).unlink()
