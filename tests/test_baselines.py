@@ -310,9 +310,12 @@ def test_official_weights_in_config_replace_training_and_a_missing_file_is_named
     assert "config key varnet.weights: weights/varnet_brain.pt not found" in missing.stderr.strip().splitlines()[-1]
     (tmp_path / "weights").mkdir()
     torch.save(varnet.build_varnet(cfg["varnet"]).state_dict(), tmp_path / "weights/varnet_brain.pt")
-    planned = snakemake(tmp_path, "-n")
+    planned = snakemake(tmp_path, "-n", "-p")
     assert planned.returncode == 0, planned.stderr[-2000:]
     assert "results/recon/varnet/af8.h5" in planned.stdout and "results/models/varnet" not in planned.stdout
+    # Table I's footnotes say whose weights the row uses
+    tables_cmd = next(line for line in planned.stdout.splitlines() if "ldpm tables" in line)
+    assert "varnet: fastMRI" in tables_cmd and "official brain weights (weights/varnet_brain.pt)" in tables_cmd
 
 
 # ---------------------------------------------------------------- SwinMR

@@ -190,7 +190,8 @@ def test_missing_weights_give_na_cells_and_a_footnote(tmp_path, monkeypatch):
     assert perceptual[["lpips", "rfid", "kid"]].isna().all().all()
     volumes = pd.DataFrame({"method": ["unet", "ldpm"], "psnr": [30.0, 31.0], "ssim": [.8, .9], "nmse": [.02, .01],
                             "acceleration": 8, "dataset": "brain", "volume": "v"})
-    table1(volumes, ["unet", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "table1", perceptual)
+    table1(volumes, ["unet", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "table1", perceptual,
+           ["unet: official weights"])
     csv = pd.read_csv(tmp_path / "table1.csv", index_col=0, keep_default_na=False)
     assert (csv[["LPIPS", "rFID", "KID"]] == "n/a").all().all() and float(csv.loc["U-Net", "PSNR"]) == 30
     md = (tmp_path / "table1.md").read_text()
@@ -199,6 +200,7 @@ def test_missing_weights_give_na_cells_and_a_footnote(tmp_path, monkeypatch):
     assert "LPIPS n/a: alexnet-owt-7be5be79.pth not found in" in md
     assert "rFID and KID n/a: weights-inception-2015-12-05-6726825d.pth not found" in md
     assert "ldpm weights fetch --dir" in md and "n/a" in (tmp_path / "table1.tex").read_text()
+    assert "\n[3] unet: official weights\n" in md  # config caveats numbered after the perceptual footnotes
 
 
 def test_a_weights_file_with_the_wrong_hash_is_an_error_not_a_number(tmp_path):

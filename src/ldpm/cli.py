@@ -107,7 +107,7 @@ def cmd_tables(a: argparse.Namespace) -> None:
     perceptual = read_table(a.perceptual) if a.perceptual else None
     out = Path(a.out_dir)
     table1(volumes, a.methods, a.test_splits[a.main_split], a.acceleration, out / f"table1_af{a.acceleration}",
-           perceptual)
+           perceptual, a.notes)
     table3(volumes, a.methods, a.test_splits, a.acceleration, out / f"table3_af{a.acceleration}")
     if a.recon:
         compute_table(a.recon, a.methods, a.acceleration, out / f"compute_af{a.acceleration}")
@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--acceleration", type=int, required=True)
     s.add_argument("--perceptual", help="csv of `ldpm perceptual`; without it LPIPS/rFID/KID read n/a")
     s.add_argument("--recon", nargs="*", default=[], help="reconstructions: their cost attrs → compute_af<AF>")
+    s.add_argument("--notes", type=_json, default=[], help="extra Table I footnotes (JSON list), e.g. weights caveats")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_tables)
 

@@ -21,11 +21,13 @@ def official_weights(model):
 
 
 # U-Net and E2E-VarNet: trained here, or (official: true, the paper's rows) fastMRI's released brain models. Those were
-# trained on multi-coil train+val data with equispaced masks and run here on a single-coil simulation; Table I's
-# notes do not carry per-method caveats yet, so a paper-scale Table I must say this in its caption.
+# trained on multi-coil train+val data with equispaced masks and run here on a single-coil simulation: Table I says so.
 for baseline in ("unet", "varnet"):
     if config[baseline]["official"]:
         RECON[baseline] = {"weights": {"model": official_weights(baseline)}, "hp": config[baseline]}
+        TABLE1_NOTES.append(f"{baseline}: fastMRI's official brain weights ({config[baseline]['weights']}), trained "
+                            f"by fastMRI on multi-coil train+val data with equispaced masks, not on this run's split; "
+                            f"here applied to the single-coil simulation.")
     else:
         TRAIN[baseline] = {"inputs": TRAIN_DATA, "hp": without(config[baseline], "official", "weights")}
         RECON[baseline] = {"weights": {"model": model_file(baseline)}, "hp": config[baseline]}

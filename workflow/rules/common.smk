@@ -43,6 +43,7 @@ def raw_datasets():
 TRAIN = {}
 RECON = {}
 TARGETS = []
+TABLE1_NOTES = []  # per-method caveats printed under Table I (e.g. weights not trained here)
 
 
 def model_file(model):

@@ -112,10 +112,11 @@ rule tables:
     params:
         methods=as_json(config["methods"]),
         splits=as_json(config["test_splits"]),
+        notes=lambda w: as_json(TABLE1_NOTES),
     shell:
         "ldpm tables --metrics {input.metrics} --perceptual {input.perceptual} --methods {params.methods} "
         "--test-splits {params.splits} --main-split {MAIN_SPLIT} --acceleration {wildcards.af} "
-        "--recon {input.recon} --out-dir {RESULTS}/tables > {log} 2>&1"
+        "--recon {input.recon} --notes {params.notes} --out-dir {RESULTS}/tables > {log} 2>&1"
 
 
 rule stats:

@@ -76,13 +76,15 @@ def perceptual_columns(perceptual: pd.DataFrame | None, methods: list[str]) -> t
 
 
 def table1(volumes: pd.DataFrame, methods: list[str], split_filter: dict, acceleration: int,
-           stem: str | Path, perceptual: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Mean PSNR/SSIM/NMSE over the test volumes of `split_filter` and LPIPS/rFID/KID, one row per method."""
+           stem: str | Path, perceptual: pd.DataFrame | None = None, notes: list[str] = ()) -> pd.DataFrame:
+    """Mean PSNR/SSIM/NMSE over the test volumes of `split_filter` and LPIPS/rFID/KID, one row per method;
+    `notes` (per-method caveats from the config) follow the perceptual footnotes."""
     frame = select(volumes[volumes.acceleration == acceleration], split_filter, "main")
     order = method_order(frame, methods)
     table = frame.groupby("method")[["psnr", "ssim", "nmse"]].mean().reindex(order)
     table.columns = ["PSNR", "SSIM", "NMSE"]
-    extra, notes = perceptual_columns(perceptual, order)
+    extra, perceptual_notes = perceptual_columns(perceptual, order)
+    notes = [*perceptual_notes, *(f"[{i}] {n}" for i, n in enumerate(notes, len(perceptual_notes) + 1))]
     table = table.join(extra)
     table["volumes"] = frame.groupby("method").size()
     table.index = [METHOD_LABELS.get(m, m) for m in table.index]
