@@ -8,7 +8,8 @@ if not workflow.config_settings.configfiles:
     configfile: "config.yaml"
 
 
-# `snakemake --report results/snakemake_report.html`: tables, figures, provenance audits with captions from workflow/report/.
+# `snakemake --report results/snakemake_report.html`: tables, figures, provenance audits with captions from
+# workflow/report/.
 report: "workflow/report/workflow.rst"
 
 

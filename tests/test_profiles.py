@@ -45,4 +45,5 @@ def test_train_processes_launch_training_under_torchrun(tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     train_cmds = [line.removeprefix("Shell command: ") for line in out.splitlines() if "--ckpt-dir" in line]
-    assert train_cmds and all(c.startswith("torchrun --standalone --nproc_per_node 4 -m ldpm train") for c in train_cmds)
+    launcher = "torchrun --standalone --nproc_per_node 4 -m ldpm train"
+    assert train_cmds and all(c.startswith(launcher) for c in train_cmds)

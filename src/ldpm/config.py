@@ -68,8 +68,9 @@ def check_semantics(config: dict) -> None:
                                                          2 ** (len(ldpm["unet"]["block_out_channels"]) - 1))
     if data["image_size"] % (vae_factor * unet_down):
         size, step = data["image_size"], vae_factor * unet_down
+        lower = size - size % step
         raise LdpmError(f"config key data.image_size: {size} is not divisible by {step} (VAE factor {vae_factor} × "
-                        f"U-Net downsampling {unet_down}); use {size - size % step or step} or {size - size % step + step}")
+                        f"U-Net downsampling {unet_down}); use {lower or step} or {lower + step}")
     for af in [*masks["accelerations"], *masks["train"]["accelerations"]]:
         if af <= 1:
             raise LdpmError(f"config key masks.accelerations: acceleration {af} must be > 1 (e.g. 4 or 8)")

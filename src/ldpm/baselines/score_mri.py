@@ -112,7 +112,8 @@ def train_score_mri(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Pat
     model = build_score_model(hp["model"], images.shape[-1]).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-    sampler, trainer = epoch_trainer({"score": model, "ema": ema}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "score_mri")
+    sampler, trainer = epoch_trainer({"score": model, "ema": ema}, {"adam": optimizer},
+                                     ckpt_dir, len(images), hp, seed, "score_mri")
     warmup, grad_clip, ema_decay = hp.get("warmup", 0), hp.get("grad_clip", 1.0), hp.get("ema_decay", 0.999)
     net = data_parallel(model)
 

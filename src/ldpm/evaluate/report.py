@@ -27,27 +27,29 @@ def markdown_html(md_text: str) -> str:
     out, rows, caption = [], [], None
 
     def flush():
-        nonlocal rows, caption
+        nonlocal rows
         if rows:
             cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows if not set(r) <= set("|:- ")]
             head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
             body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
             cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
             out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        rows, caption = [], None
+        rows = []
 
-    paragraphs = []
+    last_paragraph = None  # the text line just before, if it was the previous element
     for line in md_text.splitlines():
         if line.startswith("|"):
-            if not rows and paragraphs:
-                caption = paragraphs.pop()
-                out.pop()
+            if not rows:
+                caption = last_paragraph
+                if caption is not None:
+                    out.pop()  # shown as the caption instead
             rows.append(line)
+            last_paragraph = None
             continue
         flush()
         if line.strip():
-            paragraphs.append(line.strip())
-            out.append(f'<p class="note">{html.escape(line.strip())}</p>')
+            last_paragraph = line.strip()
+            out.append(f'<p class="note">{html.escape(last_paragraph)}</p>')
     flush()
     return "".join(out)
 

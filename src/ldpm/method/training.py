@@ -117,7 +117,8 @@ def train_sketcher(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict
     images = torch.from_numpy(read_images(inputs["train"]))
     net = build_sketcher(hp).to(dev)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
-    sampler, trainer = epoch_trainer({"sketcher": net}, {"adam": optimizer}, ckpt_dir, len(images), cfg, seed, "sketcher")
+    sampler, trainer = epoch_trainer({"sketcher": net}, {"adam": optimizer},
+                                     ckpt_dir, len(images), cfg, seed, "sketcher")
     ddp_net = data_parallel(net)
 
     def step(i: int) -> dict[str, float]:
@@ -169,7 +170,8 @@ def train_mrvae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, m
     # taming's betas for the discriminator.
     opt_g = torch.optim.Adam(vae.parameters(), lr=cfg["lr"])
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr"], betas=(0.5, 0.9))
-    sampler, trainer = epoch_trainer({"vae": vae, "disc": disc}, {"adam_g": opt_g, "adam_d": opt_d}, ckpt_dir, len(images), cfg, seed, "mrvae")
+    sampler, trainer = epoch_trainer({"vae": vae, "disc": disc}, {"adam_g": opt_g, "adam_d": opt_d},
+                                     ckpt_dir, len(images), cfg, seed, "mrvae")
     autoencode, ddp_disc = data_parallel(_Autoencode(vae)), data_parallel(disc)
 
     def step(i: int) -> dict[str, float]:
@@ -213,7 +215,8 @@ def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, ma
     draws = cfg["noise_draws"]
     scheduler = sd_noise_scheduler()
     optimizer = torch.optim.AdamW(model.control.parameters(), lr=cfg["lr"])
-    sampler, trainer = epoch_trainer({"control": model.control}, {"adamw": optimizer}, ckpt_dir, len(images), cfg, seed, "mrcn")
+    sampler, trainer = epoch_trainer({"control": model.control}, {"adamw": optimizer},
+                                     ckpt_dir, len(images), cfg, seed, "mrcn")
     eps_model = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:

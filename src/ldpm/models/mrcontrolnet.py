@@ -71,7 +71,8 @@ def training_loss(eps_model: nn.Module, z0: torch.Tensor, c_latent: torch.Tensor
                   scheduler: DDPMScheduler, generator: torch.Generator | None = None,
                   t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 7 for `eps_model` (an MRControlNet or its DistributedDataParallel wrapper): ‖ε − ε_θ(z_t, p, t,
-    c_latent)‖² (mean over elements) with t ~ U{0, …, T−1}, ε ~ N(0, I) and z_t = √ᾱ_t z0 + √(1−ᾱ_t) ε (eq. 6, `scheduler.add_noise`). `t` / `noise` may be fixed (tests)."""
+    c_latent)‖² (mean over elements) with t ~ U{0, …, T−1}, ε ~ N(0, I) and z_t = √ᾱ_t z0 + √(1−ᾱ_t) ε
+    (eq. 6, `scheduler.add_noise`). `t` / `noise` may be fixed (tests)."""
     dev = generator.device if generator is not None else z0.device  # draw where the generator lives
     if t is None:
         t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator,
