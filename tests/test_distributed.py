@@ -59,12 +59,24 @@ def test_every_ddp_stage_runs_under_torchrun(prepared, tmp_path):
     """SkM, MR-VAE (GAN alternation + adaptive weight through DDP) and MRCN, each with two processes."""
     from test_ldpm_pipeline import sub, tiny_hp
 
+    from ldpm.method.components import build_sketcher, load_vae, pretrained_unet
+    from ldpm.models.mrcontrolnet import build_control_branch
+    from ldpm.train import seed_everything
+
     hp, data = tiny_hp(), str(prepared / "train.h5")
     w = {n: str(tmp_path / f"{n}.safetensors") for n in ("ldpm_natural_vae", "ldpm_natural_unet")}
     for model, inputs, block in [("ldpm_natural_vae", {}, sub(hp, "vae", "natural", "natural_vae")),
                                  ("ldpm_natural_unet", {"natural_vae": w["ldpm_natural_vae"]},
                                   sub(hp, "vae", "unet", "natural", "natural_unet"))]:
         assert train(tmp_path, model, inputs, block, 1, model).returncode == 0
+    # What each stage's file must hold: its module's state dict, every parameter moved off its start by the DDP
+    # steps (DDP without find_unused_parameters: each one gets a gradient). Starts: SkM's SwinIR as seed 0 builds
+    # it, the natural VAE that MR-VAE fine-tunes, the control branch built from the natural U-Net (zero convs).
+    # Exception: the cross-attention query path (norm2, attn2.to_q) gets a zero gradient from the one-token zero
+    # prompt (softmax over one key is 1), so its zero biases stay zero (nonzero weights still move by AdamW decay).
+    seed_everything(0)
+    start = {"sketcher": build_sketcher(hp), "mrvae": load_vae(w["ldpm_natural_vae"], hp),
+             "mrcn": build_control_branch(pretrained_unet({"natural_unet": w["ldpm_natural_unet"]}, hp)[0])}
     stages = [("ldpm_sketcher", {"train": data}, "sketcher"),
               ("ldpm_mrvae", {"train": data, "natural_vae": w["ldpm_natural_vae"]}, "mrvae"),
               ("ldpm_mrcn", {"train": data, "natural_vae": w["ldpm_natural_vae"],
@@ -73,4 +85,10 @@ def test_every_ddp_stage_runs_under_torchrun(prepared, tmp_path):
     for model, inputs, name in stages:
         result = train(tmp_path, model, inputs, hp, 2, name)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert load_file(tmp_path / f"{name}.safetensors")
+        weights, initial = load_file(tmp_path / f"{name}.safetensors"), start[name].state_dict()
+        assert weights.keys() == initial.keys(), name
+        for k, v in weights.items():
+            assert v.shape == initial[k].shape and torch.isfinite(v).all(), f"{name}: {k}"
+        unchanged = [k for k, _ in start[name].named_parameters() if torch.equal(weights[k], initial[k])
+                     and not (".transformer_blocks." in k and (".norm2." in k or ".attn2.to_q." in k))]
+        assert not unchanged, f"{name}: parameters not trained: {unchanged[:5]}"

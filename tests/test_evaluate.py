@@ -10,14 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import stats as sps
 
 from ldpm import LdpmError
 from ldpm.cli import main
 from ldpm.data.masks import make_test_masks
 from ldpm.evaluate import perceptual as pc
 from ldpm.evaluate.metrics import hfen, kspace_residuals, log_kernel
-from ldpm.evaluate.stats import holm, stats_table
+from ldpm.evaluate.stats import holm, paired_test, sign_flip_p, stats_table
 from ldpm.evaluate.tables import table1
 from ldpm.io import write_images
 
@@ -117,6 +116,16 @@ def test_fid_kid_path_equals_torch_fidelity_with_a_registered_extractor(tmp_path
     assert ours["kid"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-5, abs=1e-9)
     same = pc.fid_kid(real, real, kid_subsets=20, kid_subset_size=10)
     assert abs(same["rfid"]) < 1e-3 and ours["rfid"] > 100 * abs(same["rfid"])
+
+
+def test_kid_subsets_are_smaller_than_a_small_set_so_kid_std_means_something():
+    """With N below the configured subset size, subsets of all N images would all be the same set: their std is
+    float32 rounding noise (~1e-7 here), not a spread over subsets."""
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(20, 8, generator=gen), torch.randn(20, 8, generator=gen) + 0.5
+    out = pc.fid_kid(real, fake, kid_subsets=50, kid_subset_size=1000, seed=0)
+    assert out["kid_std"] > 0.05 * out["kid"] > 0
+    assert np.isnan(pc.fid_kid(real[:2], fake[:2], kid_subsets=5)["kid_std"]), "N = 2: no smaller subset exists"
 
 
 def _lpips_by_hand(trunk_state, linear_state, x, y):
@@ -260,20 +269,86 @@ def _volumes(methods=("unet", "ldpm")):
     return pd.DataFrame(rows)
 
 
-def test_bootstrap_resamples_subjects_and_wilcoxon_is_paired(tmp_path):
+def _pairs(diffs: dict, metric="psnr", others=("unet",)) -> pd.DataFrame:
+    """Volume rows where ldpm − method = the given difference, keyed by (subject, volume[, method])."""
+    rows = []
+    for key, d in diffs.items():
+        subject, volume, *method = key
+        for m in method or others:
+            rows += [{"method": "ldpm", "patient_id": subject, "volume": volume, metric: 30.0},
+                     {"method": m, "patient_id": subject, "volume": volume, metric: 30.0 - d}]
+    frame = pd.DataFrame(rows).groupby(["method", "patient_id", "volume"], as_index=False).first()
+    return frame.assign(dataset="brain", acceleration=8)
+
+
+def test_paired_test_is_an_exact_sign_flip_test_over_subjects():
+    # 3 subjects, all differences positive: of the 2^3 sign flips only all-plus and all-minus are as extreme
+    t = paired_test(_pairs({("p0", "a"): 1, ("p1", "b"): 2, ("p2", "c"): 3}), "psnr", "ldpm", "unet")
+    assert t["p"] == pytest.approx(2 / 8) and t["n_subjects"] == 3
+    # p0's two volumes (differences 0.5 and 1.5) are one pair with difference 1: the same test, not 4 pairs
+    t = paired_test(_pairs({("p0", "a"): .5, ("p0", "a2"): 1.5, ("p1", "b"): 2, ("p2", "c"): 3}), "psnr", "ldpm",
+                    "unet")
+    assert t["p"] == pytest.approx(2 / 8) and t["n_subjects"] == 3
+    assert t["mean_diff"] == pytest.approx(2) and t["median_diff"] == pytest.approx(2)
+    # differences (3, 1, -1, 2): |sum| = 5 of at most 7; flipping a set F gives |7 - 2 sum|F|| >= 5 iff
+    # sum|F| <= 1 or >= 6: F = {}, {1}, {-1} and their complements, 6 of 16 flips
+    t = paired_test(_pairs({("p0", "a"): 3, ("p1", "b"): 1, ("p2", "c"): -1, ("p3", "d"): 2}), "psnr", "ldpm",
+                    "unet")
+    assert t["p"] == pytest.approx(6 / 16) and t["mean_diff"] == pytest.approx(1.25)
+    assert t["median_diff"] == pytest.approx(1.5)
+
+
+def test_sign_flip_monte_carlo_above_16_subjects_matches_enumeration():
+    import itertools
+
+    diff = np.random.default_rng(3).normal(0.6, 1.0, size=17)
+    sums = np.abs([np.dot(signs, diff) for signs in itertools.product([-1, 1], repeat=17)])
+    exact = np.mean(sums >= abs(diff.sum()) - 1e-9)
+    assert 0.02 < exact < 0.5  # a case with a p that Monte-Carlo error can be seen against
+    assert sign_flip_p(diff, n_draws=20_000, seed=0) == pytest.approx(exact, abs=0.01)
+    assert sign_flip_p(np.ones(20), n_draws=1000) == pytest.approx(1 / 1001), "never 0: the observed flip counts"
+
+
+def test_bootstrap_resamples_subjects_and_the_paired_test_pairs_subjects(tmp_path):
     vols = _volumes()
     table = stats_table(vols, ["unet", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "stats", n_boot=500)
     row = table[(table.method == "unet") & (table.metric == "psnr")].iloc[0]
     assert row.ci_low < row["mean"] < row.ci_high and row.subjects == 6 and row.volumes == 12
-    wide = vols.pivot(index="volume", columns="method", values="psnr")
-    assert row.p == pytest.approx(sps.wilcoxon(wide.ldpm, wide.unet).pvalue) and row.p < 0.01
-    assert row.median_diff_vs_ref == pytest.approx(np.median(wide.ldpm - wide.unet))
-    # Copying every volume (same subjects) leaves a subject-level CI unchanged; a volume-level one would shrink.
+    per_subject = vols.groupby(["patient_id", "method"]).psnr.mean().unstack()
+    diff = per_subject.ldpm - per_subject.unet
+    assert (diff > 0).all(), "the fixture: LDPM better on every subject"
+    assert row.p == pytest.approx(2 / 2 ** 6) and row.n_subjects == 6  # only all-plus / all-minus as extreme
+    assert row.median_diff_vs_ref == pytest.approx(diff.median()) and row.mean_diff_vs_ref == pytest.approx(diff.mean())
+    # Copying every volume (same subjects) changes neither the subject-level CI nor the test; volume-level ones would
     doubled = pd.concat([vols, vols.assign(volume=vols.volume + "b")])
     again = stats_table(doubled, ["unet", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "s2", n_boot=500)
     row2 = again[(again.method == "unet") & (again.metric == "psnr")].iloc[0]
     assert (row2.ci_low, row2.ci_high) == pytest.approx((row.ci_low, row.ci_high))
-    assert "Wilcoxon" in (tmp_path / "stats.md").read_text()
+    assert row2.p == pytest.approx(row.p) and row2.n_subjects == 6
+    md = (tmp_path / "stats.md").read_text()
+    assert "sign-flip permutation tests by subject" in md and "smallest two-sided p this test can give is 0.03125" in md
+
+
+def test_holm_runs_over_every_method_and_metric_of_the_table(tmp_path):
+    """4 subjects; per-subject differences chosen so the exact sign-flip p-values are known by hand."""
+    diffs = {"psnr": {"unet": [1, 2, 3, 4], "zero_filled": [4, 3, 2, 1]},  # all positive: p = 2/16 = 0.125
+             "ssim": {"unet": [.03, .01, -.01, .02],  # 6 of 16 flips as extreme (see the test above): p = 0.375
+                      "zero_filled": [.01, -.01, .02, -.02]}}  # mean 0: every flip as extreme, p = 1
+    frames = [_pairs({(f"p{i}", f"v{i}", m): d for m, ds in by_method.items() for i, d in enumerate(ds)}, metric)
+              for metric, by_method in diffs.items()]
+    vols = frames[0].merge(frames[1], on=["method", "patient_id", "volume", "dataset", "acceleration"])
+    table = stats_table(vols, ["zero_filled", "unet", "ldpm"], {}, 8, tmp_path / "stats", n_boot=50)
+    tests = table[table.method != "ldpm"].set_index(["method", "metric"])
+    p = {("unet", "psnr"): .125, ("zero_filled", "psnr"): .125, ("unet", "ssim"): .375, ("zero_filled", "ssim"): 1}
+    assert tests.p.to_dict() == pytest.approx(p)
+    # Holm over the 4 tests: sorted .125, .125, .375, 1 -> 4*.125 = .5, max(.5, 3*.125) = .5, 2*.375 = .75, 1.
+    # Per metric it would be .25, .25 (PSNR) and .75, 1 (SSIM).
+    assert tests.p_holm.to_dict() == pytest.approx({("unet", "psnr"): .5, ("zero_filled", "psnr"): .5,
+                                                    ("unet", "ssim"): .75, ("zero_filled", "ssim"): 1})
+    md = (tmp_path / "stats.md").read_text()
+    assert "Holm over 2 methods × 2 metrics = 4 tests" in md
+    assert "smallest two-sided p this test can give is 0.125, so it cannot reach p < 0.05" in md
+    assert "about the population" in md and "these 4 subjects" in md
 
 
 def test_without_ldpm_the_tests_are_skipped_not_faked(tmp_path):

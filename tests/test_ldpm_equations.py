@@ -16,8 +16,9 @@ from ldpm.models.latent import (decode, empty_prompt_embedding, encode, load_sd,
 from ldpm.models.mrcontrolnet import MRControlNet, training_loss
 from ldpm.models.swinir import build_swinir, sketcher
 from ldpm.physics import data_consistency, fft2, undersample
-from ldpm.sampling.dual_stage import (dual_stage_sample, guidance_step, kspace_loss, latent_dc,
-                                      plain_spaced_ddpm, spaced_timesteps)
+from ldpm.sampling.dual_stage import (dual_stage_sample, eq12_update, guidance_step, guidance_step_size,
+                                      kspace_loss, latent_dc, plain_spaced_ddpm, posterior_mean, predict_z0,
+                                      spaced_timesteps)
 
 torch.set_num_threads(2)
 
@@ -153,23 +154,56 @@ def test_sampler_without_dc_and_guidance_is_plain_spaced_ddpm(tiny, step_form):
     assert (other - ref).abs().max() > 1e-2  # the comparison is sensitive to the noise draws
 
 
-def test_one_guidance_step_lowers_the_kspace_residual(tiny):
+def test_eq11_guidance_step_is_a_gradient_step_on_eq10(tiny):
+    """ẑ0' = ẑ0 − step·∇δ: the step's change along a random direction v equals −step·(δ(z+hv) − δ(z−hv))/2h, a
+    central difference computed without autograd; and δ "mean" is δ "sum" over the number of sampled entries."""
     x, mask = _phantom(), _mask()
     k_u, _ = undersample(x, mask)
     z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    v = torch.randn(z0.shape, generator=torch.Generator().manual_seed(5))
+    h, step = 1e-2, 0.7
     for norm in ("sum", "mean"):
-        z1, delta0 = guidance_step(z0, k_u, mask, tiny.vae, 1.0, norm)
-        grad = z0 - z1
-        # a step small enough for the first-order decrease g‖∇δ‖² to be 1% of δ (per image)
-        g = 0.01 * float(delta0.min()) / float(grad.pow(2).flatten(1).sum(1).max())
-        z_new, _ = guidance_step(z0, k_u, mask, tiny.vae, g, norm)
+        z1, _ = guidance_step(z0, k_u, mask, tiny.vae, step, norm)
         with torch.no_grad():
-            delta1 = kspace_loss(decode(tiny.vae, z_new), k_u, mask, norm)
-        assert (delta1 < delta0).all(), (norm, delta0, delta1)
+            d_plus = kspace_loss(decode(tiny.vae, z0 + h * v), k_u, mask, norm)
+            d_minus = kspace_loss(decode(tiny.vae, z0 - h * v), k_u, mask, norm)
+        directional = (d_plus - d_minus) / (2 * h)  # per image: <∇δ, v>
+        moved = ((z1 - z0) * v).flatten(1).sum(1)
+        torch.testing.assert_close(moved, -step * directional, rtol=2e-2, atol=1e-4)
     n_sampled = mask.expand_as(x).flatten(1).sum(1)
     with torch.no_grad():
         xd = decode(tiny.vae, z0)
     torch.testing.assert_close(kspace_loss(xd, k_u, mask, "sum") / n_sampled, kspace_loss(xd, k_u, mask, "mean"))
+
+
+def test_eq12_passes_a_correction_through_whole_and_the_posterior_form_a_fraction():
+    """Eq. 12 moves z_{t−1} by √ᾱ_{t−1}·Δ for a correction Δ of ẑ0 (DC or guidance); DiffBIR's posterior mean by
+    c1·Δ = √ᾱ_{t−1} β_t/(1−ᾱ_t)·Δ. Without a correction both give the same step (hand-computed coefficients)."""
+    s = spaced_timesteps(1000, 20)
+    i = 17  # a step inside the guidance stage (t ≤ 200)
+    a, a_prev, beta, var = (float(v[i]) for v in (s.alphas_cumprod, s.alphas_cumprod_prev, s.betas,
+                                                  s.posterior_variance))
+    assert int(s.timesteps[i]) <= 200
+    g = torch.Generator().manual_seed(0)
+    z0, eps, delta = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    z_t = a ** 0.5 * z0 + (1 - a) ** 0.5 * eps
+    assert predict_z0(z_t, eps, a).sub(z0).abs().max() < 1e-5  # eq. 8 inverts eq. 6
+    torch.testing.assert_close(eq12_update(z0, eps, a_prev, var), posterior_mean(z0, z_t, a, a_prev, beta))
+    moved_eq12 = eq12_update(z0 + delta, eps, a_prev, var) - eq12_update(z0, eps, a_prev, var)
+    moved_post = posterior_mean(z0 + delta, z_t, a, a_prev, beta) - posterior_mean(z0, z_t, a, a_prev, beta)
+    torch.testing.assert_close(moved_eq12, a_prev ** 0.5 * delta)
+    torch.testing.assert_close(moved_post, a_prev ** 0.5 * beta / (1 - a) * delta)
+    assert beta / (1 - a) < 0.6  # the posterior form keeps only part of the correction (0.57 at this step)
+
+
+def test_guidance_scale_conventions():
+    """DiffBIR's convention multiplies g by 3000 on a mean loss (its cond_fn); the literal one takes g as printed."""
+    assert guidance_step_size(0.1, "diffbir") == (pytest.approx(300.0), "mean")
+    assert guidance_step_size(0.1, "literal", "sum") == (0.1, "sum")
+    with pytest.raises(ValueError, match="guidance_norm: mean"):
+        guidance_step_size(0.1, "diffbir", "sum")
+    with pytest.raises(ValueError, match="guidance_convention"):
+        guidance_step_size(0.1, "other")
 
 
 class _PixelShuffleVAE(torch.nn.Module):
@@ -257,7 +291,10 @@ def test_mrvae_loss_terms(tiny):
     disc = PatchDiscriminator(n_layers=2, ndf=8).eval()
     total, terms = mrvae_loss(x, x_rec, post, disc, None, mu=1.0, nu=0.2, omega=1e-6, lam=0.65)
     with torch.no_grad():
-        hand = (x_rec - x).abs().mean() + 1e-6 * kl_loss(post) - 0.65 * disc(x_rec).mean()
+        # eq. 5 with SD/taming's normalisation: per-image sums of |x̂ − x| and of the closed-form KL, batch mean
+        mean, logvar = post.mean, post.logvar
+        kl_per_image = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum((1, 2, 3))
+        hand = ((x_rec - x).abs().sum((1, 2, 3)) + 1e-6 * kl_per_image).mean() - 0.65 * disc(x_rec).mean()
     assert terms["perceptual_on"] == 0.0 and terms["perceptual"] == 0.0
     torch.testing.assert_close(total.detach(), hand)
     assert disc(x).shape[1] == 1 and disc(x).shape[-1] < 32

@@ -49,6 +49,7 @@ def test_test_masks_fixed_and_tied_to_slices(tmp_path):
 def _fake_test_set(tmp_path):
     rng = np.random.default_rng(0)
     gt = rng.random((6, 16, 16)).astype(np.float32)
+    gt[3:] *= 0.3  # volume maxima ~1 and ~0.3: data_range = 1, a slice max or the volume max give other numbers
     pred = (gt + 0.05 * rng.standard_normal(gt.shape)).astype(np.float32)
     meta = pd.DataFrame({"slice_id": [f"v{i // 3}:{i % 3:03d}" for i in range(6)],
                          "volume": [f"v{i // 3}" for i in range(6)],
@@ -76,6 +77,13 @@ def test_metrics_follow_fastmri_protocol(tmp_path):
         assert v.ssim == pytest.approx(ssim, rel=1e-4)
     slices = pd.read_csv(tmp_path / "s.csv")
     assert len(slices) == 6 and set(slices.method) == {"unet"}
+    assert list(slices.slice_id) == [f"v{i // 3}:{i % 3:03d}" for i in range(6)]
+    for i, row in enumerate(slices.itertuples()):  # per slice, data_range is still the volume's max
+        maxval = gt[i // 3 * 3:i // 3 * 3 + 3].astype(np.float64).max()
+        g, p = gt[i].astype(np.float64), pred[i].astype(np.float64)
+        assert row.psnr == pytest.approx(10 * np.log10(maxval**2 / np.mean((g - p) ** 2)), rel=1e-5)
+        assert row.ssim == pytest.approx(structural_similarity(g, p, data_range=maxval), rel=1e-4)
+    assert gt[3:].max() < 0.31 < 0.99 < gt[:3].max()
     assert {"hfen", "kspace_residual"} <= set(vols.columns) & set(slices.columns)
     assert (vols.hfen > 0).all() and (vols.kspace_residual > 0).all()
 

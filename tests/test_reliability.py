@@ -131,6 +131,20 @@ def test_bad_config_is_named(edit, key):
     assert str(err.value).startswith(key) and "\n" not in str(err.value)
 
 
+def test_nested_config_override_strings_become_numbers():
+    """snakemake --config 'masks={"accelerations":[4]}' hands the schema '4', a string, at any depth."""
+    cfg = validate_config({"masks": {"accelerations": ["4"], "train": {"center_fractions": ["0.08"]}},
+                           "data": {"split": {"val_fraction": ".2"}}, "seed": "-3"})
+    assert cfg["masks"]["accelerations"] == [4] and isinstance(cfg["masks"]["accelerations"][0], int)
+    assert cfg["masks"]["train"]["center_fractions"] == [0.08] and cfg["data"]["split"]["val_fraction"] == 0.2
+    assert cfg["seed"] == -3
+    for bad, message in [("four", "'four' is not of type 'integer'"), ("4.5", "'4.5' is not of type 'integer'"),
+                         (" 4", "' 4' is not of type 'integer'")]:
+        with pytest.raises(LdpmError) as err:
+            validate_config({"masks": {"accelerations": [bad]}})
+        assert str(err.value) == f"config key masks.accelerations.0: {message}"
+
+
 def test_missing_weights_file_at_reconstruct(capsys, prepared, tmp_path):
     from ldpm.data.masks import make_test_masks
     from ldpm.io import read_table

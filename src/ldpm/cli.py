@@ -132,7 +132,22 @@ def cmd_table2(a: argparse.Namespace) -> None:
     from ldpm.evaluate.ablations import table2
     from ldpm.evaluate.tables import load_volume_metrics
 
-    table2(load_volume_metrics(a.metrics), a.methods, a.split_filter, a.split_name, a.acceleration, a.out_stem)
+    table2(load_volume_metrics(a.metrics), a.methods, a.split_filter, a.split_name, a.acceleration, a.out_stem,
+           mode=a.mode)
+
+
+def cmd_tune_sampler(a: argparse.Namespace) -> None:
+    from ldpm.method.tuning import tune_sampler
+
+    tune_sampler(a.val_h5, a.val_csv, a.weights, a.hp, a.acceleration, a.center_fraction, a.seed, a.out_json,
+                 a.out_csv, device=a.device)
+
+
+def cmd_ldpm_diagnostics(a: argparse.Namespace) -> None:
+    from ldpm.method.diagnostics import ldpm_diagnostics
+
+    ldpm_diagnostics(a.test_h5, a.test_csv, a.masks, a.recon, a.weights, a.hp, a.test_splits, a.acceleration,
+                     a.seed, a.out_stem, device=a.device)
 
 
 def cmd_figure3(a: argparse.Namespace) -> None:
@@ -272,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_tables)
 
-    s = sub.add_parser("stats", help="bootstrap CIs over subjects and paired Wilcoxon tests of LDPM vs each method")
+    s = sub.add_parser("stats", help="bootstrap CIs over subjects, paired sign-flip tests by subject of LDPM vs "
+                       "each method")
     s.add_argument("--metrics", nargs="+", required=True)
     s.add_argument("--methods", type=_json, required=True)
     s.add_argument("--split-filter", type=_json, default={})
@@ -298,7 +314,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split-name", default="main")
     s.add_argument("--acceleration", type=int, required=True)
     s.add_argument("--out-stem", required=True, help="writes <stem>.csv, .md and .tex")
+    s.add_argument("--mode", choices=["swap", "retrain"], default="swap", help="ldpm.ablations_mode (caption)")
     s.set_defaults(func=cmd_table2)
+
+    s = sub.add_parser("tune-sampler", help="choose LDPM sampler settings on validation slices (ldpm.tuning)")
+    s.add_argument("--val-h5", required=True)
+    s.add_argument("--val-csv", required=True)
+    s.add_argument("--weights", type=_json, required=True, help="the full LDPM's weight files")
+    s.add_argument("--hp", type=_json, required=True, help="ldpm sub-blocks (sampler, tuning, models)")
+    s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--center-fraction", type=float, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out-json", required=True, help="chosen settings")
+    s.add_argument("--out-csv", required=True, help="every grid row with its validation PSNR")
+    s.set_defaults(func=cmd_tune_sampler)
+
+    s = sub.add_parser("ldpm-diagnostics", help="where LDPM's latent route loses or gains, per test split")
+    _test_set_args(s)
+    s.add_argument("--masks", required=True)
+    s.add_argument("--recon", required=True, help="LDPM's reconstruction file")
+    s.add_argument("--weights", type=_json, required=True)
+    s.add_argument("--hp", type=_json, required=True)
+    s.add_argument("--test-splits", type=_json, required=True, help="config test_splits")
+    s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out-stem", required=True, help="writes <stem>.csv, .md and .tex")
+    s.set_defaults(func=cmd_ldpm_diagnostics)
 
     s = sub.add_parser("figure3", help="Fig 3: MR-VAE vs natural-image VAE reconstructions, metrics CSV")
     _test_set_args(s)

@@ -5,6 +5,7 @@ rejected with a one-line error naming the key. Values are data only; nothing in 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import jsonschema
@@ -21,6 +22,31 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             instance[key] = copy.deepcopy(sub["default"])
         if isinstance(instance.get(key), dict) and sub.get("type") == "object":
             _fill_defaults(instance[key], sub)
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _coerce_numbers(value, schema: dict):
+    """Snakemake hands nested `--config` overrides (`masks={"accelerations":[4]}`) over with strings for numbers:
+    where the schema asks for an integer / number and a string parses cleanly as one, use the number. Anything
+    else (including 'four', ' 4', 'nan') is left for validation to reject."""
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: _coerce_numbers(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [_coerce_numbers(v, items) for v in value] if isinstance(items, dict) else value
+    if isinstance(value, str):
+        types = schema.get("type", [])
+        types = [types] if isinstance(types, str) else types
+        if "string" not in types:  # a string-typed key keeps its string, even "4"
+            if "integer" in types and _INTEGER.fullmatch(value):
+                return int(value)
+            if "number" in types and _NUMBER.fullmatch(value):
+                return float(value)
+    return value
 
 
 def _key_of(error: jsonschema.ValidationError) -> str:
@@ -43,7 +69,7 @@ def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
 def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Return a validated copy of `config` with defaults filled in; raise LdpmError on the first problem."""
     schema = load_schema(schema_path)
-    config = copy.deepcopy(config)
+    config = _coerce_numbers(copy.deepcopy(config), schema)
     _fill_defaults(config, schema)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
     if errors:

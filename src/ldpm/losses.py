@@ -7,7 +7,15 @@ taming-transformers / SD's VAE training. λ is either the fixed weight of eq. 5 
 VAE training, multiplied by the adaptive weight ‖∇_w L_rec‖/‖∇_w L_GAN‖ at the decoder's last layer w, which makes
 λ the size of the GAN gradient relative to the reconstruction gradient. With a fixed λ = 0.65 the unbounded −E[D(x̂)]
 term outgrows the L1 term and wrecks the reconstructions (measured: MR-VAE PSNR 28 → 11 dB on the embedded data).
-A caller that wants a discriminator warm-up passes lam=0 for the first steps.
+A caller that wants a discriminator warm-up passes lam=0 for the first steps (`disc_start`).
+
+Normalisation of eq. 5 (one convention for every term): per-image SUMS, averaged over the batch, as in
+taming-transformers' LPIPSWithDiscriminator that trained SD's VAE with ω = 1e-6. The L1 term is summed over the
+C·H·W values of an image (taming sums its per-pixel reconstruction loss the same way), the VGG term is the
+per-image feature distance counted once per value (taming adds its per-image perceptual distance to every pixel
+before that sum), and the KL is summed over latent elements. ω = 1e-6 then weighs KL against L1 as it did for SD.
+Mixing a per-pixel mean L1 with a per-image KL sum would weigh KL C·H·W times more (≈12,000× at 64², ≈300,000×
+at 320²) and squeeze the latent towards the prior at the expense of reconstruction.
 """
 
 from __future__ import annotations
@@ -142,19 +150,22 @@ def mrvae_loss(x: torch.Tensor, x_rec: torch.Tensor, posterior, disc: nn.Module 
                lam: float = 0.65, last_layer: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 5, the VAE (generator) side. Defaults are the paper's μ=1, ν=0.2, ω=1e-6, λ=0.65.
 
-    Returns (total, terms). With `vgg=None` the perceptual term is 0 and terms["perceptual_on"] = 0.0; with
+    Returns (total, terms); terms report l1 and perceptual as per-value means, kl as the per-image sum. With
+    `vgg=None` the perceptual term is 0 and terms["perceptual_on"] = 0.0; with
     `disc=None` (or lam=0) the GAN term is skipped. With `last_layer` (the decoder's last conv weight) the GAN term
     is weighted λ·adaptive_gan_weight (terms["gan_weight"]), else λ alone.
     """
     zero = x.new_zeros(())
+    values = x[0].numel()  # C·H·W: per-image sums (see the module docstring)
     l1 = (x_rec - x).abs().mean()
     perc = vgg(x_rec, x) if vgg is not None else zero
     kl = kl_loss(posterior)
     gan = g_adv_loss(disc(x_rec)) if (disc is not None and lam != 0) else zero
     weight = zero + 1
+    rec = values * (mu * l1 + nu * perc)
     if last_layer is not None and gan.requires_grad:
-        weight = adaptive_gan_weight(mu * l1 + nu * perc, gan, last_layer)
-    total = mu * l1 + nu * perc + omega * kl + lam * weight * gan
+        weight = adaptive_gan_weight(rec, gan, last_layer)
+    total = rec + omega * kl + lam * weight * gan
     terms = {k: float(v.detach()) for k, v in (("l1", l1), ("perceptual", perc), ("kl", kl), ("gan", gan))}
     terms |= {"perceptual_on": float(vgg is not None), "gan_weight": float(weight), "total": float(total.detach())}
     return total, terms

@@ -29,6 +29,9 @@ TRAINERS: dict[str, str] = {
     "ldpm_sketcher": "ldpm.method.training:train_sketcher",
     "ldpm_mrvae": "ldpm.method.training:train_mrvae",
     "ldpm_mrcn": "ldpm.method.training:train_mrcn",
+    # the MRCNs the ablations run with in ldpm.ablations_mode: retrain
+    "ldpm_mrcn_no_mrvae": "ldpm.method.training:train_mrcn_no_mrvae",
+    "ldpm_mrcn_no_skm": "ldpm.method.training:train_mrcn_no_skm",
 }
 
 RECONSTRUCTORS: dict[str, str] = {
@@ -42,6 +45,9 @@ RECONSTRUCTORS: dict[str, str] = {
     "ldpm_no_mrvae": "ldpm.method.reconstruct:ldpm_no_mrvae",
     "ldpm_no_skm": "ldpm.method.reconstruct:ldpm_no_skm",
     "ldpm_no_dss": "ldpm.method.reconstruct:ldpm_no_dss",
+    # variants beyond the paper (extra rows)
+    "ldpm_final_dc": "ldpm.method.reconstruct:ldpm_final_dc",
+    "ldpm_mean_k": "ldpm.method.reconstruct:ldpm_mean_k",
 }
 
 

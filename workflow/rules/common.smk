@@ -46,5 +46,10 @@ TARGETS = []
 TABLE1_NOTES = []  # per-method caveats printed under Table I (e.g. weights not trained here)
 
 
+def recon_weights(method, af):
+    """RECON[method]["weights"] for one AF: a file pattern with {af} (e.g. LDPM's tuned sampler) gets the AF."""
+    return {name: path.format(af=af) for name, path in RECON[method]["weights"].items()}
+
+
 def model_file(model):
     return f"{RESULTS}/models/{model}.safetensors"

@@ -32,7 +32,7 @@ def caption(name):
 
 rule reconstruct:
     input:
-        unpack(lambda w: RECON[w.method]["weights"]),
+        unpack(lambda w: recon_weights(w.method, w.af)),
         h5=f"{RESULTS}/data/test.h5",
         csv=f"{RESULTS}/data/test.csv",
         masks=f"{RESULTS}/masks/af{{af}}.npz",
@@ -44,7 +44,7 @@ rule reconstruct:
         method="[a-z0-9_]+",
     threads: workflow.cores
     params:
-        weights=lambda w: as_json(RECON[w.method]["weights"]),
+        weights=lambda w: as_json(recon_weights(w.method, w.af)),
         hp=lambda w: as_json(RECON[w.method]["hp"]),
     shell:
         "ldpm reconstruct {wildcards.method} --test-h5 {input.h5} --test-csv {input.csv} --masks {input.masks} "

@@ -42,15 +42,89 @@ TRAIN["ldpm_mrvae"] = {"inputs": {"train": LDPM_TRAIN_H5} | ldpm_weights("natura
 TRAIN["ldpm_mrcn"] = {"inputs": {"train": LDPM_TRAIN_H5} | ldpm_weights("natural_unet", "mrvae", "sketcher"),
                       "hp": ldpm_hp("sd_dir", "vae", "unet", "sketcher", "mrcn")}
 
+# With ablations_mode "retrain" the ablations without MR-VAE / SkM run an MRCN trained that way (natural-image VAE
+# latents; the |DC(x_u)| condition), so Table II does not mix a missing part with a train/test mismatch.
+RETRAIN = LDPM["ablations_mode"] == "retrain"
+TRAIN["ldpm_mrcn_no_mrvae"] = {"inputs": {"train": LDPM_TRAIN_H5} | ldpm_weights("natural_unet", "natural_vae",
+                                                                                 "sketcher"),
+                               "hp": ldpm_hp("sd_dir", "vae", "unet", "sketcher", "mrcn")}
+TRAIN["ldpm_mrcn_no_skm"] = {"inputs": {"train": LDPM_TRAIN_H5} | ldpm_weights("natural_unet", "mrvae"),
+                             "hp": ldpm_hp("sd_dir", "vae", "unet", "sketcher", "mrcn")}
+LDPM_WEIGHTS |= {name: model_file(f"ldpm_{name}") for name in ("mrcn_no_mrvae", "mrcn_no_skm")}
+
+# Sampler settings the paper leaves open, chosen on the validation split per AF (ldpm.method.tuning); with an
+# empty grid the reconstructions use ldpm.sampler as it is and this file is not made.
+TUNED = f"{RESULTS}/ldpm/sampler_af{{af}}.json"
+TUNE = bool(LDPM["tuning"]["grid"])
+
+
+def ldpm_method_weights(names, mrcn="mrcn"):
+    weights = ldpm_weights(*names) | {"mrcn": LDPM_WEIGHTS[mrcn]}
+    return weights | ({"sampler_tuned": TUNED} if TUNE else {})
+
+
 # Each method reads only the weights it uses (w/o MR-VAE: the natural-image VAE; w/o SkM: no sketcher).
+FULL = ("natural_unet", "mrvae", "sketcher", "mrcn")
 LDPM_METHOD_WEIGHTS = {
-    "ldpm": ("natural_unet", "mrcn", "mrvae", "sketcher"),
-    "ldpm_no_mrvae": ("natural_unet", "mrcn", "natural_vae", "sketcher"),
-    "ldpm_no_skm": ("natural_unet", "mrcn", "mrvae"),
-    "ldpm_no_dss": ("natural_unet", "mrcn", "mrvae", "sketcher"),
+    "ldpm": ldpm_method_weights(FULL),
+    "ldpm_no_mrvae": ldpm_method_weights(("natural_unet", "natural_vae", "sketcher"),
+                                         "mrcn_no_mrvae" if RETRAIN else "mrcn"),
+    "ldpm_no_skm": ldpm_method_weights(("natural_unet", "mrvae"), "mrcn_no_skm" if RETRAIN else "mrcn"),
+    "ldpm_no_dss": ldpm_method_weights(FULL),
+    "ldpm_final_dc": ldpm_method_weights(FULL),
+    "ldpm_mean_k": ldpm_method_weights(FULL),
 }
-for method, names in LDPM_METHOD_WEIGHTS.items():
-    RECON[method] = {"weights": ldpm_weights(*names), "hp": ldpm_hp("sd_dir", "vae", "unet", "sketcher", "sampler")}
+for method, weights in LDPM_METHOD_WEIGHTS.items():
+    RECON[method] = {"weights": weights, "hp": ldpm_hp("sd_dir", "vae", "unet", "sketcher", "sampler")
+                     | ({"posterior_samples": LDPM["posterior_samples"]} if method == "ldpm_mean_k" else {})}
+
+TARGETS += expand(f"{RESULTS}/tables/ldpm_diagnostics_af{{af}}.{{ext}}", af=config["masks"]["accelerations"],
+                  ext=["csv", "md"])
+
+
+rule ldpm_tune_sampler:
+    input:
+        unpack(lambda w: ldpm_weights(*FULL)),
+        h5=f"{RESULTS}/data/val.h5",
+        csv=f"{RESULTS}/data/val.csv",
+    output:
+        json=TUNED,
+        csv=f"{RESULTS}/ldpm/sampler_af{{af}}.csv",
+    log:
+        f"{RESULTS}/logs/ldpm_tune_sampler_af{{af}}.log",
+    threads: workflow.cores
+    params:
+        weights=as_json(ldpm_weights(*FULL)),
+        hp=as_json(ldpm_hp("sd_dir", "vae", "unet", "sketcher", "sampler", "tuning")),
+        cf=lambda w: config["masks"]["center_fractions"][int(w.af)],
+    shell:
+        "ldpm tune-sampler --val-h5 {input.h5} --val-csv {input.csv} --weights {params.weights} --hp {params.hp} "
+        "--acceleration {wildcards.af} --center-fraction {params.cf} --seed {SEED} --device {DEVICE} "
+        "--out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+
+
+rule ldpm_diagnostics:
+    input:
+        unpack(lambda w: recon_weights("ldpm", w.af)),
+        h5=f"{RESULTS}/data/test.h5",
+        csv=f"{RESULTS}/data/test.csv",
+        masks=f"{RESULTS}/masks/af{{af}}.npz",
+        recon=f"{RESULTS}/recon/ldpm/af{{af}}.h5",
+    output:
+        expand(f"{RESULTS}/tables/ldpm_diagnostics_af{{{{af}}}}.{{ext}}", ext=["csv", "md", "tex"]),
+    log:
+        f"{RESULTS}/logs/ldpm_diagnostics_af{{af}}.log",
+    threads: workflow.cores
+    params:
+        weights=lambda w: as_json(recon_weights("ldpm", w.af)),
+        hp=as_json(RECON["ldpm"]["hp"]),
+        splits=as_json(config["test_splits"]),
+        stem=lambda w: f"{RESULTS}/tables/ldpm_diagnostics_af{w.af}",
+    shell:
+        "ldpm ldpm-diagnostics --test-h5 {input.h5} --test-csv {input.csv} --masks {input.masks} "
+        "--recon {input.recon} --weights {params.weights} --hp {params.hp} --test-splits {params.splits} "
+        "--acceleration {wildcards.af} --seed {SEED} --device {DEVICE} --out-stem {params.stem} > {log} 2>&1"
+
 
 TARGETS += expand(f"{RESULTS}/tables/table2_af{{af}}.{{ext}}", af=config["masks"]["accelerations"],
                   ext=["csv", "md", "tex"])
@@ -67,9 +141,10 @@ rule ldpm_table2:
     params:
         methods=as_json(LDPM["ablations"]),
         split=as_json(config["test_splits"][config["main_split"]]),
+        mode=LDPM["ablations_mode"],
     shell:
         "ldpm table2 --metrics {input} --methods {params.methods} --split-filter {params.split} "
-        "--split-name {MAIN_SPLIT} --acceleration {wildcards.af} "
+        "--split-name {MAIN_SPLIT} --acceleration {wildcards.af} --mode {params.mode} "
         "--out-stem {RESULTS}/tables/table2_af{wildcards.af} > {log} 2>&1"
 
 

@@ -4,7 +4,7 @@
 REPORT_TABLES = [
     f"{RESULTS}/tables/{name}_af{af}.md"
     for af in AFS
-    for name in ["table1", "table2", "table3", "stats", "compute"]
+    for name in ["table1", "table2", "table3", "stats", "compute", "ldpm_diagnostics"]
 ] + [f"{RESULTS}/tables/fig3_vae.csv"]
 REPORT_FIGURES = [f"{RESULTS}/figures/fig2_af{af}.png" for af in AFS] + [f"{RESULTS}/figures/fig3.png"]
 TARGETS.append(f"{RESULTS}/report.html")

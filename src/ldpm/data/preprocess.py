@@ -1,9 +1,10 @@
 """Raw fastMRI-format h5 → volume index → normalised magnitude slices in subject-level splits.
 
 The same code serves the embedded data and real fastMRI: both are multi-coil `kspace` (slices, coils, H, W)
-with an ISMRMRD header. Per volume: RSS of the coil images (fastMRI's `rss`), centre crop to `crop_size`²,
-drop the last `drop_last_slices` slices, resize to `image_size`², divide by the volume maximum (recorded as
-`norm_scale`, so metrics computed with data_range = volume max are unchanged by it).
+with an ISMRMRD header. Per volume: RSS of the coil images (fastMRI's `rss`), centre crop to `crop_size`²
+(zero-padded back to it where a volume is smaller, see `volume_slices`), drop the last `drop_last_slices`
+slices, resize to `image_size`², divide by the volume maximum (recorded as `norm_scale`, so metrics computed
+with data_range = volume max are unchanged by it).
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ def nominal_field(field_strength_t: float) -> float:
     return min(NOMINAL_FIELDS_T, key=lambda f: abs(f - field_strength_t))
 
 
-def read_volume_info(path: Path, extra_acquisitions: list[str] = ()) -> dict:
-    """Header and attribute facts of one raw volume; every defect is a one-line LdpmError naming the file."""
+def read_volume_info(path: Path, extra_acquisitions: list[str] = (), subject_from: str = "patient_id") -> dict:
+    """Header and attribute facts of one raw volume; every defect is a one-line LdpmError naming the file.
+
+    The subject (`patient_id` column, the unit of the splits) is the file's `patient_id` attribute; a file without
+    one is an error, since guessing would let one subject's volumes land in two splits. `subject_from="filename"`
+    (config key data.datasets.<name>.subject_from) makes every file of a dataset its own subject, the file stem.
+    """
     with open_h5(path) as fh:
         if "kspace" not in fh:
             raise LdpmError(f"{path}: no 'kspace' dataset; this is not a fastMRI raw file, remove it from the input")
@@ -54,9 +60,12 @@ def read_volume_info(path: Path, extra_acquisitions: list[str] = ()) -> dict:
     if acquisition not in (*KNOWN_ACQUISITIONS, *extra_acquisitions):
         raise LdpmError(f"{path}: unknown acquisition '{acquisition}'; add it to config key "
                         f"data.extra_acquisitions if it is intended")
-    if not patient_id:
-        log.warning("%s: no patient_id attribute; treating the volume as its own subject", path)
+    if subject_from == "filename":
         patient_id = path.stem
+    elif not patient_id:
+        raise LdpmError(f"{path}: no patient_id attribute, so its subject (and split) is unknown; add the attribute, "
+                        f"or set config key data.datasets.<name>.subject_from: filename to make each file its own "
+                        f"subject")
     return {
         "acquisition": acquisition,
         "field_strength_T": header["field_strength_T"],
@@ -68,14 +77,18 @@ def read_volume_info(path: Path, extra_acquisitions: list[str] = ()) -> dict:
 
 
 def build_index(datasets: dict[str, dict], extra_acquisitions: list[str], out_csv: str | Path) -> pd.DataFrame:
-    """One row per raw volume of every configured dataset (name → {role, paths}), with its sha256."""
+    """One row per raw volume of every configured dataset (name → {role, paths[, subject_from]}), with its sha256.
+
+    Knee volumes (CORPD_FBK / CORPDFS_FBK, 15 coils, 640×368 k-space) are known acquisitions: they index and
+    preprocess like brain ones, e.g. as an `ood` dataset. Any other acquisition goes in `extra_acquisitions`.
+    """
     rows = []
     for name, spec in datasets.items():
         files = sorted(f for d in spec["paths"] for f in Path(d).glob("*.h5"))
         if not files:
             raise LdpmError(f"config key data.datasets.{name}.paths: no .h5 files in {spec['paths']}")
         for path in tqdm(files, desc=f"index {name}", mininterval=2.0, disable=None):
-            info = read_volume_info(path, extra_acquisitions)
+            info = read_volume_info(path, extra_acquisitions, spec.get("subject_from", "patient_id"))
             rows.append({"dataset": name, "role": spec["role"], "volume": path.stem, "path": str(path),
                          "sha256": sha256_file(path), **info})
     index = pd.DataFrame(rows)
@@ -113,16 +126,25 @@ def volume_slices(kspace: np.ndarray, crop_size: int, image_size: int) -> torch.
     time, cropping the rows between the passes: fastMRI's 2× readout oversampling (640 rows) then halves the second
     pass. numpy's FFT keeps complex64 and ran 2.5× faster than torch's CPU FFT on 640×320×8-coil volumes (bench P2).
     tests/test_data.py checks the result against fastmri.ifft2c + rss + center_crop.
+
+    An image smaller than crop_size on an axis (fastMRI brain has some narrower than 320 columns, FLAIR 203 among
+    them) is centre-cropped to min(crop_size, size) per axis, then zero-padded back to crop_size, centred as the
+    inverse of center_crop. Padding rather than fastMRI's own fix (its transforms crop such a volume to a W×W
+    square, complex_center_crop): resizing that square, or a crop×W rectangle, to image_size would magnify or
+    distort its anatomy against every other volume, while padding keeps the pixel grid; the padded band is outside
+    the acquired field of view, where there is no signal.
     """
     h, w = kspace.shape[-2:]
-    if min(h, w) < crop_size:
-        raise ValueError(f"image {(h, w)} is smaller than data.crop_size={crop_size}")
     x = kspace.astype(np.complex64, copy=False)
     for axis, size in ((-2, h), (-1, w)):
         x = np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(x, axes=axis), axis=axis, norm="ortho"), axes=axis)
-        start = (size - crop_size) // 2  # fastmri's center_crop offset
-        x = x[:, :, start:start + crop_size] if axis == -2 else x[..., start:start + crop_size]
+        n = min(crop_size, size)
+        start = (size - n) // 2  # fastmri's center_crop offset
+        x = x[:, :, start:start + n] if axis == -2 else x[..., start:start + n]
     rss = torch.from_numpy(np.sqrt((x.real ** 2 + x.imag ** 2).sum(axis=1)))
+    ph, pw = crop_size - rss.shape[-2], crop_size - rss.shape[-1]
+    if ph or pw:  # center_crop of the padded image back to the small size returns it unchanged
+        rss = F.pad(rss, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
     if image_size != crop_size:
         rss = F.interpolate(rss[:, None], size=(image_size, image_size), mode="bilinear",
                             antialias=True, align_corners=False)[:, 0]
@@ -151,10 +173,12 @@ def preprocess(index_csv: str | Path, out_dir: str | Path, *, crop_size: int, im
                 kspace = fh["kspace"][:keep]
             if not np.isfinite(kspace).all():
                 raise LdpmError(f"{vol.path}: k-space contains NaN or Inf; the file is damaged, remove or re-copy it")
-            try:
-                images = volume_slices(kspace, crop_size, image_size)
-            except ValueError as exc:
-                raise LdpmError(f"{vol.path}: {exc}; lower data.crop_size") from None
+            h, w = kspace.shape[-2:]
+            if min(h, w) < crop_size:
+                log.info("%s: k-space %dx%d is smaller than data.crop_size=%d; image centre-cropped to %dx%d and "
+                         "zero-padded to %dx%d", vol.path, h, w, crop_size, min(h, crop_size), min(w, crop_size),
+                         crop_size, crop_size)
+            images = volume_slices(kspace, crop_size, image_size)
             scale = float(images.max())
             if scale <= 0:
                 raise LdpmError(f"{vol.path}: all-zero image volume; remove it from the input")

@@ -216,15 +216,23 @@ def extract_features(extractor, images01: np.ndarray, batch_size: int = 32, devi
 
 def fid_kid(real: torch.Tensor, fake: torch.Tensor, kid_subsets: int = 100, kid_subset_size: int = 1000,
             seed: int = 0) -> dict[str, float]:
-    """rFID and KID (mean, std over subsets) with torch-fidelity's own estimators; subsets capped at N."""
+    """rFID and KID (mean, std over subsets) with torch-fidelity's own estimators.
+
+    KID subsets are drawn without replacement, so a subset as large as the set is the whole set every time and the
+    std over subsets is a meaningless 0. With N images (the fewer of real and fake), subsets have
+    `kid_subset_size` images when that is below N, else N // 2 (at least 2) so that they differ. Only at N = 2,
+    where no smaller subset exists, kid_std is NaN.
+    """
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
 
+    n = min(len(real), len(fake))
+    size = kid_subset_size if kid_subset_size < n else max(2, n // 2)
     fid = fid_statistics_to_metric(fid_features_to_statistics(real), fid_features_to_statistics(fake), False)
     kid = kid_features_to_metric(real, fake, kid_subsets=kid_subsets, rng_seed=seed, verbose=False,
-                                 kid_subset_size=min(kid_subset_size, len(real), len(fake)))
+                                 kid_subset_size=size)
     return {"rfid": fid["frechet_inception_distance"], "kid": kid["kernel_inception_distance_mean"],
-            "kid_std": kid["kernel_inception_distance_std"]}
+            "kid_std": kid["kernel_inception_distance_std"] if size < n else float("nan")}
 
 
 def lpips_per_image(net, gt01: np.ndarray, pred01: np.ndarray, batch_size: int = 32,

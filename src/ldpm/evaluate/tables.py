@@ -17,7 +17,10 @@ from ldpm.io import atomic_output, read_table
 log = logging.getLogger("ldpm.tables")
 
 METHOD_LABELS = {"zero_filled": "Zero-Filled", "unet": "U-Net", "varnet": "E2E-VarNet", "swinmr": "SwinMR",
-                 "score_mri": "Score-MRI", "ldpm": "LDPM (Ours)"}
+                 "score_mri": "Score-MRI", "ldpm": "LDPM (Ours)",
+                 # beyond the paper (ldpm.method.reconstruct): extra rows, never replacing LDPM's
+                 "ldpm_final_dc": "LDPM + final hard DC (beyond paper)",
+                 "ldpm_mean_k": "LDPM, mean of K samples (beyond paper)"}
 
 
 def select(frame: pd.DataFrame, filters: dict, name: str) -> pd.DataFrame:

@@ -1,17 +1,26 @@
-"""LDPM reconstruction (eqs. 1–12) and the ablations of Table II, as reconstructor factories (`ldpm.stages`).
+"""LDPM reconstruction (eqs. 1–12), the ablations of Table II and two variants beyond the paper, as reconstructor
+factories (`ldpm.stages`).
 
 Per batch: c = |DC(R(x_u), k_u, M)| (SkM, eqs. 2–3) → c_latent = E(c) → Dual-Stage Sampler from z_T ~ N(0, I) with
 ε_θ(z_t, p, t, c_latent) of the MRCN (eqs. 8–12) → x̂ = D(z_0). The ablations change exactly one part:
 - ldpm_no_mrvae: the natural-image VAE (SD-VAE at paper scale) instead of MR-VAE for E and D everywhere (condition,
-  latent DC, guidance, final decode). The MRCN is the one trained on MR-VAE latents: the paper's ablation swaps the
-  VAE of the full model, and training a second MRCN per ablation is not described.
-- ldpm_no_skm: no repair net, c = |DC(x_u, k_u, M)| (the zero-filled image with its measured lines restored).
+  latent DC, guidance, final decode);
+- ldpm_no_skm: no repair net, c = |DC(x_u, k_u, M)| (the zero-filled image with its measured lines restored);
 - ldpm_no_dss: the same spaced DDPM chain without latent DC and k-space guidance (plain ancestral sampling).
+Which MRCN each ablation runs is the rules' choice (`ldpm.ablations_mode`): the full model's ("swap") or one
+retrained with the ablated part ("retrain"); it arrives as weights["mrcn"].
+
+Variants beyond the paper (extra rows, never replacing LDPM's): ldpm_final_dc ends with an image-domain hard DC,
+x̂ = |DC(D(z_0), k_u, M)|; ldpm_mean_k averages the images of K posterior samples (ldpm.posterior_samples).
+
+Sampler settings are ldpm.sampler, with the values chosen on the validation split (`ldpm.method.tuning`) laid over
+them when the rules pass that file as weights["sampler_tuned"].
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -23,13 +32,28 @@ from ldpm.io import stable_seed
 from ldpm.method.components import load_mrcn, load_sketcher, load_vae, pretrained_vae, repair
 from ldpm.models.latent import encode
 from ldpm.models.swinir import sketcher
+from ldpm.physics import data_consistency
 from ldpm.sampling.dual_stage import dual_stage_sample
 
 log = logging.getLogger("ldpm.method")
 
+SAMPLER_KEYS = ("num_steps", "p", "guidance_scale", "guidance_convention", "guidance_norm", "step_form")
+
+
+def sampler_settings(weights: dict[str, Path], hp: dict) -> dict:
+    """ldpm.sampler, overlaid with the validation-chosen values when a tuning file is among the weights."""
+    settings = {k: hp["sampler"][k] for k in SAMPLER_KEYS}
+    if "sampler_tuned" in weights:
+        settings |= json.loads(Path(weights["sampler_tuned"]).read_text())["chosen"]
+    return settings
+
 
 def build_ldpm(weights: dict[str, Path], hp: dict, device: torch.device, *, mr_vae: bool = True,
-               use_skm: bool = True, use_dss: bool = True):
+               use_skm: bool = True, use_dss: bool = True, n_samples: int = 1, final_dc: bool = False,
+               sampler: dict | None = None):
+    """A reconstructor; `run(x_u, k_u, mask, condition="real", use_guidance=None)` also serves the diagnostics:
+    condition "zero" samples with c_latent = 0 and "shuffle" with another image's, use_guidance=False switches
+    the t ≤ p stage off."""
     # Drawn first from the global RNG that `ldpm.reconstruct` seeds with the pipeline seed: batch i then samples
     # with its own generator seeded by (base, i), whatever else uses the global RNG.
     base_seed = int(torch.randint(2**31, ()))
@@ -38,23 +62,33 @@ def build_ldpm(weights: dict[str, Path], hp: dict, device: torch.device, *, mr_v
     vae = (load_vae(weights["mrvae"], hp) if mr_vae else pretrained_vae(weights, hp)).to(device).eval()
     # w/o SkM: R is the identity, so c = |DC(x_u, k_u, M)|
     net = partial(repair, load_sketcher(weights["sketcher"], hp).to(device)) if use_skm else nn.Identity()
-    s = hp["sampler"]
+    s = sampler or sampler_settings(weights, hp)
     batches = itertools.count()
 
-    def run(x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def run(x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, condition: str = "real",
+            use_guidance: bool | None = None) -> torch.Tensor:
         c_latent = encode(vae, sketcher(x_u, k_u, mask, net))
+        if condition == "zero":
+            c_latent = torch.zeros_like(c_latent)
+        elif condition == "shuffle":  # each image gets the next image's condition
+            c_latent = c_latent.roll(1, 0)
         generator = torch.Generator().manual_seed(stable_seed(base_seed, next(batches)))
-        z_T = torch.randn(c_latent.shape, generator=generator).to(device)
-        result = dual_stage_sample(lambda z, t: model(z, t, c_latent, prompt), z_T, k_u, mask, vae=vae,
-                                   num_steps=s["num_steps"], p=s["p"], guidance_scale=s["guidance_scale"],
-                                   guidance_norm=s["guidance_norm"], step_form=s["step_form"], use_dc=use_dss,
-                                   use_guidance=use_dss, generator=generator, progress=False)
-        return result.image
+        images = []
+        for _ in range(n_samples):
+            z_T = torch.randn(c_latent.shape, generator=generator).to(device)
+            result = dual_stage_sample(lambda z, t: model(z, t, c_latent, prompt), z_T, k_u, mask, vae=vae,
+                                       num_steps=s["num_steps"], p=s["p"], guidance_scale=s["guidance_scale"],
+                                       guidance_convention=s["guidance_convention"],
+                                       guidance_norm=s["guidance_norm"], step_form=s["step_form"], use_dc=use_dss,
+                                       use_guidance=use_dss if use_guidance is None else use_guidance,
+                                       generator=generator, progress=False)
+            images.append(result.image)
+        image = torch.stack(images).mean(0)
+        return data_consistency(image, k_u, mask).abs() if final_dc else image
 
-    log.info("LDPM (%s VAE, %s, %s): %d sampler steps, p=%d, g=%s (%s), step form %s",
-             "MR" if mr_vae else "natural-image", "SkM" if use_skm else "no SkM",
-             "DSS" if use_dss else "plain DDPM", s["num_steps"], s["p"], s["guidance_scale"], s["guidance_norm"],
-             s["step_form"])
+    log.info("LDPM (%s VAE, %s, %s%s%s): %s", "MR" if mr_vae else "natural-image", "SkM" if use_skm else "no SkM",
+             "DSS" if use_dss else "plain DDPM", f", mean of {n_samples} samples" if n_samples > 1 else "",
+             ", final hard DC" if final_dc else "", s)
     return run
 
 
@@ -72,3 +106,11 @@ def ldpm_no_skm(weights, hp, device):
 
 def ldpm_no_dss(weights, hp, device):
     return build_ldpm(weights, hp, device, use_dss=False)
+
+
+def ldpm_final_dc(weights, hp, device):
+    return build_ldpm(weights, hp, device, final_dc=True)
+
+
+def ldpm_mean_k(weights, hp, device):
+    return build_ldpm(weights, hp, device, n_samples=hp["posterior_samples"])

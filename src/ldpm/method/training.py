@@ -63,7 +63,7 @@ def train_natural_vae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: d
         return {"l1": terms["l1"], "kl": terms["kl"]}
 
     history = trainer.run(step)
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, patches[:128].to(dev)))
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, patches))
     log.info("natural-image VAE scaling_factor = %.4f", vae.config.scaling_factor)
     save_weights(vae, out, metadata=vae_metadata(vae, stage="ldpm_natural_vae", seed=seed,
                                                  images=",".join(nat["images"])))
@@ -191,18 +191,28 @@ def train_mrvae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, m
         return {k: v for k, v in terms.items() if k != "perceptual_on"}
 
     history = trainer.run(step)
+    # The fine-tuned latents no longer have the photo VAE's spread: measure 1/std on the training set, as SD did
+    # (evenly spaced images, at most `scale_images`), so the diffusion prior sees unit-variance latents.
+    vae.eval()
+    pick = torch.linspace(0, len(images) - 1, min(len(images), cfg["scale_images"])).long()
+    previous = float(vae.config.scaling_factor)
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, images[pick][:, None]))
+    log.info("MR-VAE scaling_factor = %.4f (measured on %d training images; the pretrained VAE had %.4f)",
+             vae.config.scaling_factor, len(pick), previous)
     save_weights(vae, out, metadata=vae_metadata(vae, stage="ldpm_mrvae", perceptual=perceptual, seed=seed,
-                                                 mu=cfg["mu"], nu=cfg["nu"], omega=cfg["omega"], lam=cfg["lam"]))
+                                                 mu=cfg["mu"], nu=cfg["nu"], omega=cfg["omega"], lam=cfg["lam"],
+                                                 disc_start=cfg["disc_start"], scaling_images=len(pick)))
     return history
 
 
 def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict, seed: int,
-               device: str = "auto") -> list[dict]:
+               device: str = "auto", *, mr_vae: bool = True, use_skm: bool = True) -> list[dict]:
     """MRControlNet (eq. 7): only the control branch trains; the pretrained U-Net, MR-VAE and sketcher are frozen.
     Per step: fresh masks → c = |DC(R(x_u))| (eqs. 2–3) → c_latent = E(c) (posterior mode), z0 = E(x) (a posterior
     sample, as SD trains), empty prompt. Each image enters `noise_draws` times with its own z0 sample, t and ε:
     more denoising samples per sketcher pass, which dominates the step's cost at the embedded scale.
-    Only the control branch's weights are saved."""
+    `mr_vae=False` / `use_skm=False` train the MRCN an ablation runs with in `ldpm.ablations_mode: retrain`
+    (natural-image VAE latents; the condition |DC(x_u)| without the repair net). Only the control branch is saved."""
     seed_everything(seed)
     dev = resolve_device(device)
     cfg = hp["mrcn"]
@@ -210,8 +220,9 @@ def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, ma
     unet, prompt = pretrained_unet(inputs, hp)
     model = MRControlNet(unet.to(dev))
     prompt = prompt.to(dev)
-    mrvae = load_vae(inputs["mrvae"], hp).to(dev)
-    net = load_sketcher(inputs["sketcher"], hp).to(dev)
+    vae = (load_vae(inputs["mrvae"], hp) if mr_vae else pretrained_vae(inputs, hp).eval().requires_grad_(False))
+    vae = vae.to(dev)
+    net = partial(repair, load_sketcher(inputs["sketcher"], hp).to(dev)) if use_skm else nn.Identity()
     draws = cfg["noise_draws"]
     scheduler = sd_noise_scheduler()
     optimizer = torch.optim.AdamW(model.control.parameters(), lr=cfg["lr"])
@@ -223,13 +234,22 @@ def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, ma
         x, mask, k_u, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
         g = noise_generator(seed, i)
         with torch.no_grad():
-            c_latent = encode(mrvae, sketcher(x_u, k_u, mask, partial(repair, net))).repeat(draws, 1, 1, 1)
-            z0 = encode_sample(mrvae, x.repeat(draws, 1, 1, 1), g)
+            c_latent = encode(vae, sketcher(x_u, k_u, mask, net)).repeat(draws, 1, 1, 1)
+            z0 = encode_sample(vae, x.repeat(draws, 1, 1, 1), g)
         loss = training_loss(eps_model, z0, c_latent, prompt, scheduler, generator=g)
         optimizer_step(optimizer, loss)
         return {"eps_mse": loss.item()}
 
     history = trainer.run(step)
-    save_weights(model.control, out, metadata={"stage": "ldpm_mrcn", "seed": str(seed),
+    save_weights(model.control, out, metadata={"stage": "ldpm_mrcn", "seed": str(seed), "vae": "mrvae" if mr_vae
+                                               else "natural", "condition": "sketch" if use_skm else "dc_zero_filled",
                                                "contents": "IRControlNet control branch only"})
     return history
+
+
+def train_mrcn_no_mrvae(inputs, out, ckpt_dir, hp, masks_cfg, seed, device="auto"):
+    return train_mrcn(inputs, out, ckpt_dir, hp, masks_cfg, seed, device, mr_vae=False)
+
+
+def train_mrcn_no_skm(inputs, out, ckpt_dir, hp, masks_cfg, seed, device="auto"):
+    return train_mrcn(inputs, out, ckpt_dir, hp, masks_cfg, seed, device, use_skm=False)

@@ -71,10 +71,17 @@ def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latent_scaling_factor(vae: AutoencoderKL, x01: torch.Tensor) -> float:
-    """1 / std of the unscaled posterior means of a batch: LDM's recipe for `scaling_factor`, for a tiny VAE
-    pretrained here (set it with `vae.register_to_config(scaling_factor=...)`)."""
-    return float(1.0 / vae.encode(to_vae_input(x01)).latent_dist.mode().std())
+def latent_scaling_factor(vae: AutoencoderKL, x01: torch.Tensor, batch_size: int = 32) -> float:
+    """1 / std of the unscaled posterior means of images x01 (N, 1, H, W): LDM's recipe for `scaling_factor`, so
+    that scaled latents have unit variance as the diffusion prior assumes (set it with
+    `vae.register_to_config(scaling_factor=...)`). Encoded in chunks; the std is over every latent element."""
+    device = next(vae.parameters()).device
+    total = total_sq = count = 0.0
+    for chunk in x01.split(batch_size):
+        z = vae.encode(to_vae_input(chunk.to(device))).latent_dist.mode().double()
+        total, total_sq, count = total + z.sum().item(), total_sq + z.pow(2).sum().item(), count + z.numel()
+    mean = total / count
+    return float(1.0 / math.sqrt(total_sq / count - mean**2))
 
 
 # ---------------------------------------------------------------------------------------------- tiny models

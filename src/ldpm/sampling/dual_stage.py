@@ -21,12 +21,20 @@ the update. Since c1 + c2√ᾱ_t = √ᾱ_{t−1} and c2√(1−ᾱ_t) = √(1�
 DDPM step whenever ẑ0' = ẑ0 (DC and guidance off). With a correction they differ:
     posterior = eq12 − c2√ᾱ_t (ẑ0' − ẑ0),
 i.e. the posterior form applies only the fraction β_t/(1−ᾱ_t) of the correction (small at high noise). The
-default is "posterior" (DiffBIR's sampler, which the paper modifies); "eq12" follows the paper's formula.
+function's default is "eq12", the paper's formula (configs/paper.yaml); "posterior" is DiffBIR's sampler, which
+the paper modifies. config.yaml states which one the embedded default uses and why.
 
-Guidance normalisation (a config value): δ = ‖(F(D(ẑ0)) − k_u)·M‖² per image, either summed over k-space
-entries ("sum") or averaged over the sampled entries ("mean": eq. 10 wraps the norm in an expectation; this also
-keeps g = 0.1 independent of image size). Per-image δ are summed over the batch before the gradient, so each
-image's step depends only on its own δ.
+Guidance scale g: two conventions (config `guidance_convention`).
+- "diffbir" (default): the paper's guidance is "modified from DiffBIR's restoration guidance", and DiffBIR's
+  implementation (v2, `diffbir/utils/cond_fn.py`) multiplies the user's scale by 3000 and takes the gradient of a
+  *mean* squared error per image (summed over the batch). Here: δ = mean over the sampled k-space entries of
+  |F(D(ẑ0)) − k_u|² per image, and ẑ0' = ẑ0 − 3000·g·∇δ. This is how g = 0.1 was meant: an effective step of 300
+  on a mean loss. (DiffBIR's posterior-form sampler also divides the ẑ0 change by the posterior-mean coefficient;
+  with eq. 12 the change reaches z_{t−1} through √ᾱ_{t−1} instead, as the paper writes it.)
+- "literal": eq. 11 as printed, ẑ0' = ẑ0 − g·∇δ, with δ summed over k-space entries ("sum") or averaged over the
+  sampled ones ("mean", `guidance_norm`). With g = 0.1 and the mean this moves ẑ0 by ~1e-4 of a real correction
+  per step: measurably inert (kept to show it, not as a default).
+Per-image δ are summed over the batch before the gradient, so each image's step depends only on its own δ.
 """
 
 from __future__ import annotations
@@ -73,6 +81,21 @@ def spaced_timesteps(num_train: int = 1000, num_steps: int = 50,
     return SpacedSchedule(ts, a, a_prev, betas, betas * (1 - a_prev) / (1 - a))
 
 
+DIFFBIR_SCALE = 3000.0  # DiffBIR v2's internal multiplier of the user's guidance scale (cond_fn.Guidance)
+GUIDANCE_CONVENTIONS = ("diffbir", "literal")
+
+
+def guidance_step_size(scale: float, convention: str = "diffbir", norm: str = "mean") -> tuple[float, str]:
+    """(step size on ∇δ, δ normalisation) for the configured g under a convention (module docstring)."""
+    if convention == "diffbir":
+        if norm != "mean":
+            raise ValueError("guidance_convention 'diffbir' takes the mean squared error (guidance_norm: mean)")
+        return DIFFBIR_SCALE * scale, "mean"
+    if convention == "literal":
+        return scale, norm
+    raise ValueError(f"guidance_convention must be one of {GUIDANCE_CONVENTIONS}, got {convention!r}")
+
+
 class SampleResult(NamedTuple):
     latent: torch.Tensor
     image: torch.Tensor | None  # (B, 1, H, W) in [0, 1]; None when no VAE was given
@@ -95,14 +118,32 @@ def latent_dc(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae) -> t
     return encode(vae, data_consistency(decode(vae, z0), k_u, mask).abs())
 
 
-def guidance_step(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae, scale: float,
+def guidance_step(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae, step: float,
                   norm: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 11: ẑ0' = ẑ0 − g ∇_ẑ0 δ with δ of eq. 10 through the decoder. Returns (ẑ0', δ per image before)."""
+    """Eq. 11: ẑ0' = ẑ0 − step·∇_ẑ0 δ with δ of eq. 10 through the decoder (`step` from `guidance_step_size`).
+    Returns (ẑ0', δ per image before the step)."""
     z = z0.detach().requires_grad_(True)
     with torch.enable_grad():
         delta = kspace_loss(decode(vae, z), k_u, mask, norm)
         (grad,) = torch.autograd.grad(delta.sum(), z)
-    return (z0 - scale * grad).detach(), delta.detach()
+    return (z0 - step * grad).detach(), delta.detach()
+
+
+def predict_z0(z_t: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
+    """Eq. 8 without its √ᾱ_{t−1} factor (that enters in eq. 12): ẑ0 = (z_t − √(1−ᾱ_t) ε_t) / √ᾱ_t."""
+    return (z_t - (1 - a) ** 0.5 * eps) / a ** 0.5
+
+
+def eq12_update(z0: torch.Tensor, eps: torch.Tensor, a_prev: float, var: float) -> torch.Tensor:
+    """Eq. 12 (noise-free part): √ᾱ_{t−1} ẑ0' + √(1 − ᾱ_{t−1} − σ_t²) ε_t, with σ_t² = β̃_t."""
+    return a_prev ** 0.5 * z0 + max(1 - a_prev - var, 0.0) ** 0.5 * eps
+
+
+def posterior_mean(z0: torch.Tensor, z_t: torch.Tensor, a: float, a_prev: float, beta: float) -> torch.Tensor:
+    """DiffBIR's update: the mean of q(z_{t−1} | z_t, ẑ0'), c1 ẑ0' + c2 z_t."""
+    c1 = a_prev ** 0.5 * beta / (1 - a)
+    c2 = (1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)
+    return c1 * z0 + c2 * z_t
 
 
 def _initial_latent(z_T, generator: torch.Generator | None) -> torch.Tensor:
@@ -118,8 +159,9 @@ def _noise_like(z: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, k_u: torch.Tensor | None = None,
                       mask: torch.Tensor | None = None, *, vae=None, num_steps: int = 50, p: int = 200,
-                      guidance_scale: float = 0.1, guidance_norm: str = "mean", use_dc: bool = True,
-                      use_guidance: bool = True, step_form: str = "posterior",
+                      guidance_scale: float = 0.1, guidance_convention: str = "diffbir",
+                      guidance_norm: str = "mean", use_dc: bool = True, use_guidance: bool = True,
+                      step_form: str = "eq12",
                       generator: torch.Generator | None = None, alphas_cumprod: torch.Tensor | None = None,
                       progress: bool = True) -> SampleResult:
     """Dual-Stage Sampler (see the module docstring for the algebra).
@@ -132,6 +174,7 @@ def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, k_u: torch.Tenso
         raise ValueError(f"step_form must be 'posterior' or 'eq12', got {step_form!r}")
     if (use_dc or use_guidance) and (vae is None or k_u is None or mask is None):
         raise ValueError("DC and guidance need vae, k_u and mask")
+    g_step, g_norm = guidance_step_size(guidance_scale, guidance_convention, guidance_norm)
     sched = spaced_timesteps(1000 if alphas_cumprod is None else len(alphas_cumprod), num_steps, alphas_cumprod)
     z = _initial_latent(z_T, generator)
     n = len(sched.timesteps)
@@ -141,17 +184,15 @@ def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, k_u: torch.Tenso
         beta, var = float(sched.betas[i]), float(sched.posterior_variance[i])
         with torch.no_grad():
             eps = eps_fn(z, torch.full((z.shape[0],), t, dtype=torch.long, device=z.device))
-        z0 = (z - (1 - a) ** 0.5 * eps) / a ** 0.5
+        z0 = predict_z0(z, eps, a)
         if t > p and use_dc:
             z0 = latent_dc(z0, k_u, mask, vae)
         elif t <= p and use_guidance:
-            z0, _ = guidance_step(z0, k_u, mask, vae, guidance_scale, guidance_norm)
+            z0, _ = guidance_step(z0, k_u, mask, vae, g_step, g_norm)
         if step_form == "posterior":
-            c1 = a_prev ** 0.5 * beta / (1 - a)
-            c2 = (1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)
-            z = c1 * z0 + c2 * z
+            z = posterior_mean(z0, z, a, a_prev, beta)
         else:
-            z = a_prev ** 0.5 * z0 + max(1 - a_prev - var, 0.0) ** 0.5 * eps
+            z = eq12_update(z0, eps, a_prev, var)
         if i < n - 1:  # the last step (t = 0) adds no noise
             z = z + var ** 0.5 * _noise_like(z, generator)
     image = None

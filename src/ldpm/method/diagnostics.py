@@ -1,0 +1,108 @@
+"""Where LDPM's latent route loses or gains: one table per AF, per test split (beyond the paper).
+
+Rows (mean over the split's test volumes, fastMRI protocol; δ = eq. 10 as a mean over sampled k-space entries,
+averaged over slices):
+- zero-filled x_u, the measurement every method starts from;
+- sketch c = |DC(R(x_u))|, LDPM's condition (SkM, eqs. 2–3);
+- D(E(c)), the MR-VAE round trip of the sketch (what the condition can carry through the latent space);
+- D(E(x)), the MR-VAE round trip of the ground truth (the ceiling of any latent sample);
+- LDPM with c_latent = 0 (does the condition matter?);
+- LDPM without the guidance stage (t ≤ p stage off; latent DC kept): δ here vs LDPM's is the guidance's effect;
+- LDPM, read from its reconstruction file (Table I's numbers).
+The LDPM rows that are sampled here use the reconstructor with the pipeline seed, so their noise is LDPM's.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ldpm.data.masks import load_test_masks
+from ldpm.evaluate.metrics import image_metrics
+from ldpm.evaluate.tables import select, write_table_formats
+from ldpm.io import read_images, read_recon, read_table
+from ldpm.method.components import load_sketcher, load_vae, repair
+from ldpm.method.reconstruct import build_ldpm
+from ldpm.models.latent import decode, encode
+from ldpm.models.swinir import sketcher
+from ldpm.physics import undersample
+from ldpm.sampling.dual_stage import kspace_loss
+from ldpm.train import resolve_device
+
+log = logging.getLogger("ldpm.method")
+
+ROWS = {"zero_filled": "zero-filled x_u", "sketch": "sketch |DC(R(x_u))|", "vae_sketch": "MR-VAE D(E(sketch))",
+        "vae_gt": "MR-VAE D(E(x)) (ceiling)", "ldpm_zero_condition": "LDPM, condition zeroed",
+        "ldpm_unguided": "LDPM without guidance stage", "ldpm": "LDPM"}
+
+
+@torch.no_grad()
+def diagnostic_images(test_h5, test_csv, masks_npz, weights: dict[str, str], hp: dict, seed: int,
+                      device: str = "auto", batch_size: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """{row: (N, H, W) images} for every sampled row, and the ground truth (N, H, W)."""
+    dev = resolve_device(device)
+    weights = {k: Path(v) for k, v in weights.items()}
+    gt = read_images(test_h5)
+    masks = load_test_masks(masks_npz, read_table(test_csv)["slice_id"].tolist())
+    vae = load_vae(weights["mrvae"], hp).to(dev)
+    net = load_sketcher(weights["sketcher"], hp).to(dev)
+    runners = {}
+    for row, kwargs in (("ldpm_zero_condition", {"condition": "zero"}), ("ldpm_unguided", {"use_guidance": False})):
+        torch.manual_seed(seed)  # as `ldpm.reconstruct` does: the same noise as LDPM's own run
+        runners[row] = (build_ldpm(weights, hp, dev), kwargs)
+    out = {row: np.empty_like(gt) for row in ("zero_filled", "sketch", "vae_sketch", "vae_gt", *runners)}
+    for start in range(0, len(gt), batch_size):
+        sl = slice(start, start + batch_size)
+        x, mask = torch.from_numpy(gt[sl])[:, None].to(dev), masks[sl].to(dev)
+        k_u, x_u = undersample(x, mask)
+        c = sketcher(x_u, k_u, mask, lambda im: repair(net, im))
+        images = {"zero_filled": x_u, "sketch": c, "vae_sketch": decode(vae, encode(vae, c)).clamp(0, 1),
+                  "vae_gt": decode(vae, encode(vae, x)).clamp(0, 1)}
+        images |= {row: run(x_u, k_u, mask, **kwargs) for row, (run, kwargs) in runners.items()}
+        for row, image in images.items():
+            out[row][sl] = image[:, 0].float().cpu().numpy()
+    return out, gt
+
+
+def mean_delta(gt: np.ndarray, pred: np.ndarray, masks: torch.Tensor) -> np.ndarray:
+    """δ of eq. 10 per slice (mean over the sampled entries), k_u = F(gt)·M."""
+    mask = masks[:, 0][:, None]
+    k_u, _ = undersample(torch.from_numpy(gt)[:, None], mask)
+    return kspace_loss(torch.from_numpy(pred)[:, None], k_u, mask, "mean").numpy()
+
+
+def ldpm_diagnostics(test_h5, test_csv, masks_npz, ldpm_recon, weights: dict[str, str], hp: dict,
+                     test_splits: dict[str, dict], acceleration: int, seed: int, out_stem: str | Path,
+                     device: str = "auto") -> pd.DataFrame:
+    images, gt = diagnostic_images(test_h5, test_csv, masks_npz, weights, hp, seed, device)
+    images["ldpm"] = read_recon(ldpm_recon)
+    meta = read_table(test_csv)
+    masks = load_test_masks(masks_npz, meta["slice_id"].tolist())
+    deltas = {row: mean_delta(gt, im, masks) for row, im in images.items()}
+    records = []
+    for split, filters in test_splits.items():
+        volumes = select(meta, filters, split).groupby("volume", sort=False).groups
+        for row in ROWS:
+            per_volume = [image_metrics(gt[idx], images[row][idx]) for idx in volumes.values()]
+            idx = np.concatenate([np.asarray(i) for i in volumes.values()])
+            records.append({"split": split, "row": row, "quantity": ROWS[row],
+                            "psnr": np.mean([m["psnr"] for m in per_volume]),
+                            "ssim": np.mean([m["ssim"] for m in per_volume]),
+                            "delta": float(deltas[row][idx].mean()), "volumes": len(per_volume)})
+    frame = pd.DataFrame(records)
+    wide = frame.pivot_table(index="quantity", columns="split", values=["psnr", "ssim", "delta"], sort=False)
+    wide = wide.reindex(list(ROWS.values()))
+    wide.columns = [f"{split} {metric.upper() if metric != 'delta' else 'δ'}" for metric, split in wide.columns]
+    wide = wide[[f"{s} {m}" for s in test_splits for m in ("PSNR", "SSIM", "δ")]]
+    write_table_formats(wide, out_stem, f"LDPM diagnostics, AF {acceleration}: mean PSNR / SSIM over test volumes "
+                        "and δ (eq. 10, mean over sampled k-space entries) per test split",
+                        notes=["δ of 'LDPM without guidance stage' against 'LDPM' is the effect of the k-space "
+                               "guidance; 'condition zeroed' shows what the MRCN takes from the sketch; the "
+                               "MR-VAE rows bound what any latent sample can reach."])
+    for row in frame[frame.split == next(iter(test_splits))].itertuples():
+        log.info("%-32s PSNR %.3f SSIM %.4f δ %.3g", row.quantity, row.psnr, row.ssim, row.delta)
+    return frame
