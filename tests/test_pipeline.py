@@ -39,6 +39,7 @@ def small_config() -> dict:
                  "sketcher": {"epochs": 1}, "mrvae": {"epochs": 1}, "mrcn": {"epochs": 1}, "sampler": {"num_steps": 3}}
     for block, values in tiny_ldpm.items():
         cfg["ldpm"].setdefault(block, {}).update(values)
+    cfg["ldpm"]["ablations_mode"] = "retrain"  # the paper config's mode (config.yaml swaps, for time)
     return cfg
 
 
