@@ -11,7 +11,7 @@ for seed in "${seeds[@]}"; do
   dir="bench/seeds/seed$seed"
   mkdir -p "$dir"
   start=$(date +%s)
-  snakemake -s Snakefile -d "$dir" --configfile config.yaml --config seed="$seed" --cores all --quiet \
+  snakemake -s Snakefile -d "$dir" --configfile config.yaml --config seed="$seed" --cores all \
     results/tables/table2_af8.csv results/tables/ldpm_diagnostics_af8.csv \
     results/metrics/zero_filled/af8_volumes.csv results/metrics/ldpm_final_dc/af8_volumes.csv \
     results/metrics/ldpm_mean_k/af8_volumes.csv > "$dir/snakemake.log" 2>&1
