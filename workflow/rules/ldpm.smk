@@ -97,9 +97,11 @@ rule ldpm_tune_sampler:
         weights=as_json(ldpm_weights(*FULL)),
         hp=as_json(ldpm_hp("sd_dir", "vae", "unet", "sketcher", "sampler", "tuning")),
         cf=lambda w: config["masks"]["center_fractions"][int(w.af)],
+        seed=SEED,
+        device=DEVICE,
     shell:
         "ldpm tune-sampler --val-h5 {input.h5} --val-csv {input.csv} --weights {params.weights} --hp {params.hp} "
-        "--acceleration {wildcards.af} --center-fraction {params.cf} --seed {SEED} --device {DEVICE} "
+        "--acceleration {wildcards.af} --center-fraction {params.cf} --seed {params.seed} --device {params.device} "
         "--out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
 
 
@@ -120,10 +122,13 @@ rule ldpm_diagnostics:
         hp=as_json(RECON["ldpm"]["hp"]),
         splits=as_json(config["test_splits"]),
         stem=lambda w: f"{RESULTS}/tables/ldpm_diagnostics_af{w.af}",
+        seed=SEED,
+        device=DEVICE,
     shell:
         "ldpm ldpm-diagnostics --test-h5 {input.h5} --test-csv {input.csv} --masks {input.masks} "
         "--recon {input.recon} --weights {params.weights} --hp {params.hp} --test-splits {params.splits} "
-        "--acceleration {wildcards.af} --seed {SEED} --device {DEVICE} --out-stem {params.stem} > {log} 2>&1"
+        "--acceleration {wildcards.af} --seed {params.seed} --device {params.device} --out-stem {params.stem} "
+        "> {log} 2>&1"
 
 
 TARGETS += expand(f"{RESULTS}/tables/table2_af{{af}}.{{ext}}", af=config["masks"]["accelerations"],

@@ -20,15 +20,14 @@ import torch  # noqa: E402
 
 from ldpm.evaluate.figures import _show, pick_examples, psnr  # noqa: E402
 from ldpm.evaluate.metrics import image_metrics  # noqa: E402
-from ldpm.evaluate.tables import select, write_table_formats  # noqa: E402
+from ldpm.evaluate.tables import METHOD_LABELS, select, write_table_formats  # noqa: E402
 from ldpm.io import atomic_output, read_images, read_table, write_table  # noqa: E402
 
 log = logging.getLogger("ldpm.ablations")
 
-ABLATION_LABELS = {"ldpm_no_mrvae": "LDPM (w/o MR-VAE)", "ldpm_no_skm": "LDPM (w/o SkM)",
-                   "ldpm_no_dss": "LDPM (w/o DSS)", "ldpm": "LDPM (Ours)",
-                   "ldpm_final_dc": "LDPM + final hard DC (beyond paper)",
-                   "ldpm_mean_k": "LDPM, mean of K samples (beyond paper)"}
+# Table I's labels (LDPM and the beyond-paper variants) plus the ablations'
+ABLATION_LABELS = METHOD_LABELS | {"ldpm_no_mrvae": "LDPM (w/o MR-VAE)", "ldpm_no_skm": "LDPM (w/o SkM)",
+                                   "ldpm_no_dss": "LDPM (w/o DSS)"}
 ABLATION_MODES = {"swap": "each ablation runs the full model's MRCN with the part removed",
                   "retrain": "w/o MR-VAE and w/o SkM run an MRCN retrained without that part"}
 

@@ -41,13 +41,11 @@ ROWS = {"zero_filled": "zero-filled x_u", "sketch": "sketch |DC(R(x_u))|", "vae_
 
 
 @torch.no_grad()
-def diagnostic_images(test_h5, test_csv, masks_npz, weights: dict[str, str], hp: dict, seed: int,
-                      device: str = "auto", batch_size: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """{row: (N, H, W) images} for every sampled row, and the ground truth (N, H, W)."""
+def diagnostic_images(gt: np.ndarray, masks: torch.Tensor, weights: dict[str, str], hp: dict, seed: int,
+                      device: str = "auto", batch_size: int = 16) -> dict[str, np.ndarray]:
+    """{row: (N, H, W) images} for every row computed here, from the ground truth (N, H, W) and its test masks."""
     dev = resolve_device(device)
     weights = {k: Path(v) for k, v in weights.items()}
-    gt = read_images(test_h5)
-    masks = load_test_masks(masks_npz, read_table(test_csv)["slice_id"].tolist())
     vae = load_vae(weights["mrvae"], hp).to(dev)
     net = load_sketcher(weights["sketcher"], hp).to(dev)
     runners = {}
@@ -65,7 +63,7 @@ def diagnostic_images(test_h5, test_csv, masks_npz, weights: dict[str, str], hp:
         images |= {row: run(x_u, k_u, mask, **kwargs) for row, (run, kwargs) in runners.items()}
         for row, image in images.items():
             out[row][sl] = image[:, 0].float().cpu().numpy()
-    return out, gt
+    return out
 
 
 def mean_delta(gt: np.ndarray, pred: np.ndarray, masks: torch.Tensor) -> np.ndarray:
@@ -78,10 +76,10 @@ def mean_delta(gt: np.ndarray, pred: np.ndarray, masks: torch.Tensor) -> np.ndar
 def ldpm_diagnostics(test_h5, test_csv, masks_npz, ldpm_recon, weights: dict[str, str], hp: dict,
                      test_splits: dict[str, dict], acceleration: int, seed: int, out_stem: str | Path,
                      device: str = "auto") -> pd.DataFrame:
-    images, gt = diagnostic_images(test_h5, test_csv, masks_npz, weights, hp, seed, device)
-    images["ldpm"] = read_recon(ldpm_recon)
-    meta = read_table(test_csv)
+    gt, meta = read_images(test_h5), read_table(test_csv)
     masks = load_test_masks(masks_npz, meta["slice_id"].tolist())
+    images = diagnostic_images(gt, masks, weights, hp, seed, device)
+    images["ldpm"] = read_recon(ldpm_recon)
     deltas = {row: mean_delta(gt, im, masks) for row, im in images.items()}
     records = []
     for split, filters in test_splits.items():

@@ -37,12 +37,9 @@ from ldpm.sampling.dual_stage import dual_stage_sample
 
 log = logging.getLogger("ldpm.method")
 
-SAMPLER_KEYS = ("num_steps", "p", "guidance_scale", "guidance_convention", "guidance_norm", "step_form")
-
-
 def sampler_settings(weights: dict[str, Path], hp: dict) -> dict:
     """ldpm.sampler, overlaid with the validation-chosen values when a tuning file is among the weights."""
-    settings = {k: hp["sampler"][k] for k in SAMPLER_KEYS}
+    settings = dict(hp["sampler"])
     if "sampler_tuned" in weights:
         settings |= json.loads(Path(weights["sampler_tuned"]).read_text())["chosen"]
     return settings

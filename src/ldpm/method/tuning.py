@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from fastmri import evaluate as fm
 
 from ldpm.data.masks import sample_mask
 from ldpm.io import atomic_output, read_images, read_table, stable_seed, write_table
@@ -40,11 +41,6 @@ def validation_batch(val_h5: str | Path, val_csv: str | Path, n_slices: int, acc
                                   stable_seed(seed, "val", acceleration, meta.slice_id[i])) for i in pick])
     return (torch.from_numpy(images[pick])[:, None], torch.from_numpy(masks).float()[:, None, None, :],
             vmax[pick])
-
-
-def psnr_per_slice(gt: np.ndarray, pred: np.ndarray, maxval: np.ndarray) -> np.ndarray:
-    mse = ((gt - pred) ** 2).reshape(len(gt), -1).mean(1)
-    return 10 * np.log10(maxval**2 / mse)
 
 
 def tune_sampler(val_h5: str | Path, val_csv: str | Path, weights: dict[str, str], hp: dict, acceleration: int,
@@ -70,7 +66,7 @@ def tune_sampler(val_h5: str | Path, val_csv: str | Path, weights: dict[str, str
                 xb, mb = x[start:start + batch_size].to(dev), masks[start:start + batch_size].to(dev)
                 k_u, x_u = undersample(xb, mb)
                 out.append(run(x_u, k_u, mb)[:, 0].float().cpu().numpy())
-        psnr = psnr_per_slice(x[:, 0].numpy(), np.concatenate(out), vmax)
+        psnr = np.array([fm.psnr(g, p, m) for g, p, m in zip(x[:, 0].numpy(), np.concatenate(out), vmax)])
         rows.append(dict(zip(keys, values)) | {"psnr": float(psnr.mean()), "psnr_sd": float(psnr.std())})
         log.info("validation %s: PSNR %.3f dB over %d slices", dict(zip(keys, values)), rows[-1]["psnr"], len(x))
     table = pd.DataFrame(rows)
