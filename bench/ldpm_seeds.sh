@@ -11,10 +11,10 @@ for seed in "${seeds[@]}"; do
   dir="bench/seeds/seed$seed"
   mkdir -p "$dir"
   start=$(date +%s)
-  snakemake -s Snakefile -d "$dir" --configfile config.yaml --config seed="$seed" --cores all \
-    results/tables/table2_af8.csv results/tables/ldpm_diagnostics_af8.csv \
-    results/metrics/zero_filled/af8_volumes.csv results/metrics/ldpm_final_dc/af8_volumes.csv \
-    results/metrics/ldpm_mean_k/af8_volumes.csv > "$dir/snakemake.log" 2>&1
+  snakemake -s Snakefile -d "$dir" --configfile config.yaml --config seed="$seed" "training_seeds=[$seed]" --cores all \
+    results/tables/table2_random_af8.csv results/tables/ldpm_diagnostics_random_af8.csv \
+    results/metrics/zero_filled/seed$seed/random_af8_volumes.csv results/metrics/ldpm_final_dc/seed$seed/random_af8_volumes.csv \
+    results/metrics/ldpm_mean_k/seed$seed/random_af8_volumes.csv > "$dir/snakemake.log" 2>&1
   echo "seed $seed: $(( $(date +%s) - start )) s"
 done
 python - "${seeds[@]}" <<'PY'
@@ -23,9 +23,9 @@ import pandas as pd
 rows = []
 for seed in sys.argv[1:]:
     d = f"bench/seeds/seed{seed}/results"
-    diag = pd.read_csv(f"{d}/tables/ldpm_diagnostics_af8.csv", index_col=0)
-    t2 = pd.read_csv(f"{d}/tables/table2_af8.csv", index_col=0)
-    res = {m: pd.read_csv(f"{d}/metrics/{m}/af8_volumes.csv").query("dataset == 'brain'")
+    diag = pd.read_csv(f"{d}/tables/ldpm_diagnostics_random_af8.csv", index_col=0)
+    t2 = pd.read_csv(f"{d}/tables/table2_random_af8.csv", index_col=0)
+    res = {m: pd.read_csv(f"{d}/metrics/{m}/seed{seed}/random_af8_volumes.csv").query("dataset == 'brain'")
            for m in ("zero_filled", "ldpm", "ldpm_final_dc", "ldpm_mean_k")}
     for name, row in diag.iterrows():
         rows.append({"seed": seed, "row": name, "PSNR": row["all PSNR"], "SSIM": row["all SSIM"],

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 SMALL = dict(n_subjects=6, volumes_per_subject=2, slices_per_volume=5, n_coils=3, matrix=64, ood_subjects=1)
 REPO = Path(__file__).resolve().parents[1]
@@ -35,3 +39,44 @@ def prepared(tmp_path_factory, datasets) -> Path:
     preprocess(out / "index.csv", out, crop_size=64, image_size=32, drop_last_slices=3,
                val_fraction=0.2, test_fraction=0.34, seed=0)
     return out
+
+
+def snakemake(workdir: Path, *args: str, env: dict | None = None, cores: int | None = 2) -> subprocess.CompletedProcess:
+    # An empty torch hub cache: the perceptual metrics must read n/a here even where a user has the weights.
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                        "TORCH_HOME": str(workdir / "torch_home")} | (env or {})
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                           *(["--cores", str(cores)] if cores else []), *args], capture_output=True, text=True, env=env,
+                          timeout=900)
+
+
+def small_config() -> dict:
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["data"]["embedded"] = dict(SMALL)
+    cfg["data"].update(crop_size=64, image_size=32, split={"val_fraction": 0.2, "test_fraction": 0.34})
+    cfg["test_splits"] = {"all": {"dataset": "brain"}, "3T": {"dataset": "brain", "field_strength": 3.0},
+                          "OOD": {"dataset": "ood"}}
+    # the image-to-image baselines train long enough (~40-60 steps, seconds at 32²) to beat the zero-filled input
+    cfg["unet"].update(chans=4, num_pool_layers=2, epochs=30)
+    cfg["varnet"].update(num_cascades=2, chans=4, pools=2, sens_chans=4, sens_pools=2, epochs=20)
+    cfg["swinmr"].update(embed_dim=16, depths=[1], num_heads=[2], batch_size=4, epochs=15)
+    cfg["score_mri"].update(batch_size=4, epochs=1, n_steps=3)
+    tiny_ldpm = {"vae": {"channels": 8, "norm_num_groups": 4},
+                 "unet": {"block_out_channels": [16, 32], "cross_attention_dim": 16, "norm_num_groups": 4},
+                 "natural": {"n_patches": 32}, "natural_vae": {"steps": 4}, "natural_unet": {"steps": 4},
+                 "sketcher": {"epochs": 1}, "mrvae": {"epochs": 1}, "mrcn": {"epochs": 1}, "sampler": {"num_steps": 3}}
+    for block, values in tiny_ldpm.items():
+        cfg["ldpm"].setdefault(block, {}).update(values)
+    cfg["ldpm"]["ablations_mode"] = "retrain"  # the paper config's mode (config.yaml swaps, for time)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A working directory where the whole Snakefile has run once on small_config(): the end-to-end smoke run,
+    shared by the tests that read its outputs or ask Snakemake what a change would rerun."""
+    workdir = tmp_path_factory.mktemp("run")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(small_config(), sort_keys=False))
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

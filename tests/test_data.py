@@ -13,7 +13,8 @@ import torch
 from fastmri.data.transforms import center_crop
 
 from ldpm import LdpmError
-from ldpm.data.preprocess import build_index, nominal_field, preprocess, read_volume_info, volume_slices
+from ldpm.data.preprocess import (assign_splits, build_index, nominal_field, plan_shards, preprocess,
+                                  read_index_text, read_volume_info, shard_rows_sha256, split_table, volume_slices)
 from ldpm.io import read_images
 
 
@@ -248,3 +249,254 @@ def test_knee_volume_indexes_and_preprocesses_as_ood(tmp_path, raw_dir):
         assert "knee" not in set(pd.read_csv(tmp_path / "out" / f"{s}.csv").dataset)
     # at the real fastMRI crop: 640 readout rows cropped to 320, 368 columns to 320
     assert volume_slices(kspace[:1], crop_size=320, image_size=32).shape == (1, 32, 32)
+
+
+# ------------------------------------------------------------------------------------- sharded preprocessing
+
+PRE = dict(crop_size=64, image_size=32, drop_last_slices=3)
+SPLIT = dict(val_fraction=0.2, test_fraction=0.34)
+
+
+def _single_job_reference(index_csv, out_dir, *, crop_size, image_size, drop_last_slices, val_fraction,
+                          test_fraction, seed):
+    """The single-job `preprocess` as it was before the stage was sharded (commit 7b575ce, errors left out): the
+    oracle the sharded stage must match bit for bit."""
+    import contextlib
+
+    index = pd.read_csv(index_csv)
+    index["split"] = assign_splits(index, val_fraction, test_fraction, seed)
+    tables = {s: [] for s in ("train", "val", "test")}
+    with contextlib.ExitStack() as stack:
+        files = {s: stack.enter_context(h5py.File(out_dir / f"{s}.h5", "w")) for s in tables}
+        for f in files.values():
+            f.create_dataset("images", shape=(0, image_size, image_size), maxshape=(None, image_size, image_size),
+                             dtype=np.float32, chunks=(1, image_size, image_size))
+        for vol in index.itertuples():
+            keep = vol.n_slices - drop_last_slices
+            with h5py.File(vol.path) as fh:
+                kspace = fh["kspace"][:keep]
+            images = volume_slices(kspace, crop_size, image_size)
+            scale = float(images.max())
+            dset = files[vol.split]["images"]
+            start = dset.shape[0]
+            dset.resize(start + keep, axis=0)
+            dset[start:] = (images / scale).numpy()
+            for s in range(keep):
+                tables[vol.split].append({
+                    "slice_id": f"{vol.volume}:{s:03d}", "volume": vol.volume, "slice": s, "dataset": vol.dataset,
+                    "acquisition": vol.acquisition, "field_strength": vol.field_strength,
+                    "system_model": vol.system_model, "patient_id": vol.patient_id, "norm_scale": scale})
+    for s, rows in tables.items():
+        pd.DataFrame(rows).to_csv(out_dir / f"{s}.csv", index=False, float_format="%.6g")
+
+
+def _assert_same_split_files(expected, actual):
+    for s in ("train", "val", "test"):
+        assert (expected / f"{s}.csv").read_bytes() == (actual / f"{s}.csv").read_bytes(), s
+        with h5py.File(expected / f"{s}.h5") as a, h5py.File(actual / f"{s}.h5") as b:
+            ea, eb = a["images"], b["images"]
+            assert (ea.shape, ea.dtype, ea.chunks, ea.maxshape) == (eb.shape, eb.dtype, eb.chunks, eb.maxshape), s
+            assert np.array_equal(ea[()], eb[()]), s
+
+
+def test_split_assignment_is_unchanged(prepared):
+    """splits.csv assigns the subjects as the single-job stage did (values recorded from it, seed 0)."""
+    table = split_table(pd.read_csv(prepared / "index.csv"), seed=0, **SPLIT)
+    assert table.groupby("patient_id")["split"].agg(set).map(len).eq(1).all()
+    assert table.groupby("patient_id")["split"].first().to_dict() == {
+        "ood000": "test", "sub000": "train", "sub001": "train", "sub002": "test", "sub003": "test",
+        "sub004": "train", "sub005": "val"}
+    assert list(table.volume) == list(pd.read_csv(prepared / "index.csv").volume)  # index order
+
+
+@pytest.mark.parametrize("shard_size", [1, 3, 100])
+def test_sharded_stage_equals_the_single_job(prepared, tmp_path, shard_size):
+    """Split files bit for bit equal to the single job's, whatever the shards (1 volume each, a few, one per
+    dataset): per-volume normalisation inside the shards, index order restored by gather."""
+    _single_job_reference(prepared / "index.csv", tmp_path, seed=0, **PRE, **SPLIT)
+    out = tmp_path / "sharded"
+    preprocess(prepared / "index.csv", out, seed=0, shard_size=shard_size, **PRE, **SPLIT)
+    _assert_same_split_files(tmp_path, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.{e}" for s in ("train", "val", "test")
+                                                          for e in ("h5", "csv"))  # shards were temporary
+
+
+def test_split_shard_gather_commands_equal_the_single_job(prepared, tmp_path, capsys):
+    """The three sub-commands the workflow's rules run, one process per shard as Snakemake does."""
+    import json
+
+    from ldpm.cli import main
+
+    index_csv = prepared / "index.csv"
+    _single_job_reference(index_csv, tmp_path, seed=0, **PRE, **SPLIT)
+    data = tmp_path / "data"
+    assert main(["split", "--index", str(index_csv), "--params", json.dumps(SPLIT | {"shard_size": 4}),
+                 "--seed", "0", "--out", str(data / "splits.csv")]) == 0
+    splits = pd.read_csv(data / "splits.csv")
+    text = read_index_text(index_csv)
+    shards = splits.groupby("shard", sort=False)["volume"].agg(list)
+    assert len(shards) > 2 and list(shards.index) == list(dict.fromkeys(splits.shard))
+    for shard, volumes in shards.items():
+        assert main(["preprocess-shard", "--index", str(index_csv), "--volumes", json.dumps(volumes),
+                     "--rows-sha256", shard_rows_sha256(text, volumes), "--params", json.dumps(PRE),
+                     "--out-h5", str(data / "shards" / f"{shard}.h5"),
+                     "--out-csv", str(data / "shards" / f"{shard}.csv")]) == 0
+    assert main(["gather", "--splits", str(data / "splits.csv"), "--out-dir", str(data)]) == 0
+    _assert_same_split_files(tmp_path, data)
+
+    # a shard planned from other index rows than the index holds now, and a missing shard: one-line errors
+    from test_reliability import run_cli
+
+    volumes = shards.iloc[0]
+    line = run_cli(capsys, "preprocess-shard", "--index", str(index_csv), "--volumes", json.dumps(volumes),
+                   "--rows-sha256", "0" * 64, "--params", json.dumps(PRE), "--out-h5", str(tmp_path / "x.h5"),
+                   "--out-csv", str(tmp_path / "x.csv"))
+    assert "changed since the shard was planned" in line
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.csv").exists()
+    (data / "shards" / f"{shards.index[-1]}.h5").unlink()
+    line = run_cli(capsys, "gather", "--splits", str(data / "splits.csv"), "--out-dir", str(tmp_path / "g"))
+    assert f"shard {shards.index[-1]} missing" in line and not (tmp_path / "g").exists()
+
+
+def _names(rng, n):
+    return sorted({f"file_brain_AX{rng.integers(5)}_{rng.integers(200, 210)}_{rng.integers(6_000_000, 7_000_000)}"
+                   for _ in range(n)})
+
+
+def _plan(volumes, shard_size, dataset="brain"):
+    index = pd.DataFrame({"volume": volumes, "dataset": dataset})
+    return dict(index.groupby(plan_shards(index, shard_size).values, sort=False)["volume"].agg(tuple).items())
+
+
+@pytest.mark.parametrize("shard_size", [4, 16])
+def test_an_added_volume_changes_one_shard_and_leaves_the_others(shard_size):
+    """Content-defined boundaries: a new raw file joins one shard (or starts one, taking the tail of its
+    neighbour); every other shard keeps its name and its volumes, so Snakemake reruns nothing else. With
+    fixed-size chunks of the sorted list, every shard after the new file would change."""
+    rng = np.random.default_rng(0)
+    volumes = _names(rng, 600)
+    before = _plan(volumes, shard_size)
+    sizes = [len(v) for v in before.values()]
+    assert max(sizes) <= 2 * shard_size and 0.6 * shard_size < np.mean(sizes) < shard_size
+    changed = []
+    for new in _names(rng, 100):
+        after = _plan(sorted(volumes + [new]), shard_size)
+        changed.append(sum(before.get(name) != members for name, members in after.items()))
+    assert max(changed) <= 3 and np.mean(changed) < 1.6
+    # a new dataset starts its own shards and changes none of the others
+    ood = _plan(["file_ood_1", "file_ood_2"], shard_size, "ood")
+    index = pd.DataFrame({"volume": volumes + list(sum(ood.values(), ())),
+                          "dataset": ["brain"] * len(volumes) + ["ood"] * 2})
+    both = dict(index.groupby(plan_shards(index, shard_size).values, sort=False)["volume"].agg(tuple).items())
+    assert both == before | ood
+
+
+def test_workflow_reruns_only_the_shard_of_a_changed_or_added_raw_file(tmp_path, raw_dir):
+    """Snakemake on fastMRI-source data: after the first run, a raw file edited in place, then a new one, each
+    rerun the index, the split and gather but one shard job only, the one that holds the file."""
+    import re
+
+    import yaml
+    from test_pipeline import small_config, snakemake
+
+    for name in ("brain", "ood"):
+        shutil.copytree(raw_dir / name, tmp_path / "raw" / name)
+    cfg = small_config()
+    cfg["data"].update(source="fastmri", shard_size=3, datasets={
+        "brain": {"role": "in_distribution", "paths": [str(tmp_path / "raw" / "brain")]},
+        "ood": {"role": "ood", "paths": [str(tmp_path / "raw" / "ood")]}})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    target = "results/data/train.h5"
+
+    def run() -> list[str]:
+        result = snakemake(tmp_path, target)
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out[-3000:]
+        return re.findall(r"wildcards: shard=(\S+)", out)
+
+    def shard_of(volume: str) -> str:
+        splits = pd.read_csv(tmp_path / "results/data/splits.csv")
+        return splits.loc[splits.volume == volume, "shard"].item()
+
+    first = run()
+    assert len(first) == len(set(first)) > 3
+    files = sorted((tmp_path / "raw" / "brain").glob("*.h5"))
+    with h5py.File(files[5], "a") as fh:
+        fh["kspace"][0, 0, 0, 0] += 1
+    assert run() == [shard_of(files[5].stem)]
+    added = files[7].with_name(files[7].stem + "0.h5")  # sorts right after files[7]: a volume of the same subject
+    shutil.copy(files[7], added)
+    assert run() == [shard_of(added.stem)]
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", target).stdout
+
+
+def test_volume_names_that_read_as_numbers(tmp_path, raw_dir, capsys):
+    """A file named 007.h5 is volume "007" for the shard plan (the workflow reads index.csv as text), and the shard
+    jobs and gather still find it, though the split tables read the name as the number 7, as they always did."""
+    import json
+
+    from ldpm.cli import main
+
+    for n, src in enumerate(sorted((raw_dir / "brain").glob("*.h5"))):
+        (tmp_path / "brain").mkdir(exist_ok=True)
+        shutil.copy(src, tmp_path / "brain" / f"{n:03d}.h5")
+    build_index({"brain": {"role": "in_distribution", "paths": [str(tmp_path / "brain")]}}, [],
+                tmp_path / "index.csv")
+    text = read_index_text(tmp_path / "index.csv")
+    plan = text.groupby(plan_shards(text, 2).to_numpy(), sort=False)["volume"].agg(list)
+    assert "000" in plan.index
+    data = tmp_path / "data"
+    assert main(["split", "--index", str(tmp_path / "index.csv"), "--params", json.dumps(SPLIT | {"shard_size": 2}),
+                 "--out", str(data / "splits.csv")]) == 0
+    for shard, volumes in plan.items():
+        assert main(["preprocess-shard", "--index", str(tmp_path / "index.csv"), "--volumes", json.dumps(volumes),
+                     "--rows-sha256", shard_rows_sha256(text, volumes), "--params", json.dumps(PRE),
+                     "--out-h5", str(data / "shards" / f"{shard}.h5"),
+                     "--out-csv", str(data / "shards" / f"{shard}.csv")]) == 0
+    assert main(["gather", "--splits", str(data / "splits.csv"), "--out-dir", str(data)]) == 0
+    expected = tmp_path / "expected"
+    expected.mkdir()
+    _single_job_reference(tmp_path / "index.csv", expected, seed=0, **PRE, **SPLIT)
+    _assert_same_split_files(expected, data)
+
+
+def test_test_fraction_zero_holds_out_no_in_distribution_subject(prepared):
+    index = pd.read_csv(prepared / "index.csv")
+    split = assign_splits(index, 0.2, 0.0, seed=0)
+    in_dist = index.role == "in_distribution"
+    assert set(split[in_dist]) == {"train", "val"} and set(split[~in_dist]) == {"test"}
+
+
+def test_your_own_fastmri_folder_is_an_extra_test_dataset_of_the_embedded_default(tmp_path, raw_dir):
+    """data.datasets.mine {role: test, paths, crop_size} beside the generated brain/ood: its files are indexed and
+    preprocessed with their own crop into the test split only, and make a Table III column; as in_distribution it is
+    refused (no retraining on it without data.source: fastmri)."""
+    import yaml
+    from conftest import small_config, snakemake
+
+    from ldpm.config import validate_config
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for src in sorted((raw_dir / "ood").glob("*.h5"))[:1]:  # another anatomy, 64-column matrix
+        shutil.copy(src, mine / f"mine_{src.name}")
+    cfg = small_config()
+    cfg["data"]["datasets"]["mine"] = {"role": "test", "paths": [str(mine)], "crop_size": 48}
+    cfg["test_splits"]["mine"] = {"dataset": "mine"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = snakemake(tmp_path, "results/data/test.csv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {split: pd.read_csv(tmp_path / f"results/data/{split}.csv") for split in ("train", "val", "test")}
+    assert (rows["test"].dataset == "mine").sum() > 0
+    assert not any((rows[s].dataset == "mine").any() for s in ("train", "val"))
+    # the folder's own crop (48 of 64 columns), not data.crop_size (64): recomputed here from its k-space
+    src = next(mine.glob("*.h5"))
+    with h5py.File(src) as fh:
+        kspace = fh["kspace"][:]
+    expected = volume_slices(kspace, 48, 32).numpy()[: len(kspace) - 3]
+    expected = expected / expected.max()
+    images = read_images(tmp_path / "results/data/test.h5")[(rows["test"].dataset == "mine").to_numpy()]
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    with pytest.raises(LdpmError, match=r"data.datasets.mine.role: a folder added to the embedded default is test"):
+        validate_config(cfg | {"data": cfg["data"] | {"datasets": cfg["data"]["datasets"]
+                                                      | {"mine": {"role": "in_distribution", "paths": [str(mine)]}}}})

@@ -44,7 +44,10 @@ def test_two_processes_match_one_process_on_the_whole_batch(prepared, tmp_path):
     c = load_file(tmp_path / "half.safetensors")
     assert any(not torch.allclose(c[k], a[k], atol=1e-4) for k in a), "the comparison can fail"
     # rank 0 alone writes the weights' provenance record and the checkpoint
-    assert (tmp_path / "two.safetensors.prov.json").exists() and (tmp_path / "ck_two" / "last.pt").exists()
+    # (outside any results/ tree the record goes to <output's directory>/provenance/records/, see ldpm.provenance)
+    records = tmp_path / "provenance" / "records"
+    assert (records / "two.safetensors.json").exists() and (tmp_path / "ck_two" / "last.pt").exists()
+    assert not list(tmp_path.glob("*.prov.json"))
 
 
 def test_a_batch_that_does_not_split_is_a_one_line_error(prepared, tmp_path):

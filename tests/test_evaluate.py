@@ -1,8 +1,9 @@
 """Evaluation beyond PSNR/SSIM/NMSE: perceptual metrics (real code path, small backbones), n/a without weights,
-HFEN, k-space residual, statistics, Fig 2 layout, provenance sidecars and `ldpm audit`."""
+HFEN, k-space residual, statistics, Fig 2 layout, provenance records and `ldpm audit`."""
 
 from __future__ import annotations
 
+import html
 import json
 
 import h5py
@@ -380,7 +381,7 @@ def test_figure2_layout(tmp_path):
 
 # ------------------------------------------------------------------------------------ provenance and audit
 
-def test_every_stage_writes_a_sidecar_and_audit_follows_the_chain(tmp_path, monkeypatch, capsys):
+def test_every_stage_writes_a_record_and_audit_follows_the_chain(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LDPM_CONFIG_SHA256", "c0ffee")
     fake_test_set(tmp_path)
@@ -392,10 +393,12 @@ def test_every_stage_writes_a_sidecar_and_audit_follows_the_chain(tmp_path, monk
     assert main(["tables", "--metrics", "m/v.csv", "--methods", '["zero_filled"]', "--test-splits",
                  '{"all": {"dataset": "brain"}}', "--main-split", "all", "--acceleration", "4",
                  "--recon", "zf.h5", "--out-dir", "tables"]) == 0
-    cost = pd.read_csv(tmp_path / "tables" / "compute_af4.csv", index_col=0)
+    cost = pd.read_csv(tmp_path / "tables" / "compute_random_af4.csv", index_col=0)
     assert list(cost.index) == ["Zero-Filled"] and cost.loc["Zero-Filled", "device"] == "cpu"
     assert cost.loc["Zero-Filled", "GFLOPs/slice"] == 0 and cost.loc["Zero-Filled", "peak RSS (GiB)"] > 0.1
-    rec = json.loads((tmp_path / "zf.h5.prov.json").read_text())
+    from ldpm.provenance import record_path
+
+    rec = json.loads(record_path("zf.h5").read_text())
     assert rec["stage"] == "reconstruct" and rec["seed"] == 0 and rec["config_sha256"] == "c0ffee"
     assert set(rec["git"]) >= {"commit", "dirty"} and rec["device"]["torch"] == torch.__version__
     assert rec["device"]["cuda"] in (True, False) and rec["wall_seconds"] >= 0
@@ -404,19 +407,59 @@ def test_every_stage_writes_a_sidecar_and_audit_follows_the_chain(tmp_path, monk
     inputs = {i["path"]: i["sha256"] for i in rec["inputs"]}
     assert inputs == {p: sha256_file(p) for p in ["test.h5", "test.csv", "af4.npz"]}
     assert rec["sha256"] == sha256_file("zf.h5")
-    for out in ["tables/table1_af4.csv", "tables/table1_af4.md", "tables/table3_af4.tex", "m/s.csv"]:
-        assert (tmp_path / f"{out}.prov.json").exists(), out
+    for out in ["tables/table1_random_af4.csv", "tables/table1_random_af4.md", "tables/table3_random_af4.tex",
+                "m/s.csv"]:
+        assert record_path(out).exists(), out
 
-    assert main(["audit", "tables/table1_af4.csv"]) == 0
+    assert main(["audit", "tables/table1_random_af4.csv"]) == 0
     text = capsys.readouterr().out
-    order = [text.index(s) for s in ["tables/table1_af4.csv", "m/v.csv", "test.h5", "zf.h5", "af4.npz"]]
+    order = [text.index(s) for s in ["tables/table1_random_af4.csv", "m/v.csv", "test.h5", "zf.h5", "af4.npz"]]
     assert order == sorted(order) and "CHANGED" not in text and "ldpm reconstruct" in text
     # a changed input shows up in the chain
     with h5py.File("zf.h5", "a") as fh:
         fh["recon"][0] += 1
-    assert main(["audit", "tables/table1_af4.csv"]) == 0
+    assert main(["audit", "tables/table1_random_af4.csv"]) == 0
     assert "zf.h5  [CHANGED (recorded" in capsys.readouterr().out
     assert main(["audit", "nothing.csv"]) == 2
+
+
+def test_records_live_in_their_own_tree_never_beside_outputs_or_inputs(tmp_path, monkeypatch, capsys):
+    """Outputs under results/ get results/provenance/records/<path inside results>.json; nothing lands beside an
+    output or in an input directory, and audit follows the chain from any working directory."""
+    from ldpm.provenance import record_path
+
+    data = tmp_path / "raw"  # inputs outside the results tree (like fastMRI on a read-only disk)
+    data.mkdir()
+    fake_test_set(data, methods=())
+    before = sorted(data.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    masks = ["--test-h5", "raw/test.h5", "--test-csv", "raw/test.csv"]
+    assert main(["masks", *masks, "--acceleration", "4", "--center-fraction", "0.08",
+                 "--out", "results/masks/af4.npz"]) == 0
+    assert main(["reconstruct", "zero_filled", *masks, "--masks", "results/masks/af4.npz",
+                 "--out", "results/recon/zf/af4.h5"]) == 0
+    assert main(["metrics", *masks, "--recon", "results/recon/zf/af4.h5", "--masks", "results/masks/af4.npz",
+                 "--method", "zero_filled", "--acceleration", "4", "--out-volumes", "results/metrics/v.csv",
+                 "--out-slices", "results/metrics/s.csv"]) == 0
+    records = tmp_path / "results" / "provenance" / "records"
+    assert sorted(p.relative_to(records).as_posix() for p in records.rglob("*.json")) == \
+        ["masks/af4.npz.json", "metrics/s.csv.json", "metrics/v.csv.json", "recon/zf/af4.h5.json"]
+    assert record_path(tmp_path / "results/recon/zf/af4.h5") == records / "recon/zf/af4.h5.json"
+    rec = json.loads((records / "recon/zf/af4.h5.json").read_text())
+    assert rec["output"] == "results/recon/zf/af4.h5" and rec["stage"] == "reconstruct"
+    # no twin beside any output, nothing written into the input directory
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and records not in p.parents]
+    assert not [p for p in outside if p.name.endswith((".json", ".prov.json"))], outside
+    assert sorted(data.rglob("*")) == before
+    # audit from another directory, by absolute path, still reaches the inputs and their sha256
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["audit", str(tmp_path / "results/metrics/v.csv")]) == 0
+    text = capsys.readouterr().out
+    assert "ldpm metrics" in text and "ldpm reconstruct" in text and "ldpm masks" in text
+    assert "raw/test.h5" in text and "(no provenance record: a raw or external file)" in text
+    assert "CHANGED" not in text and "MISSING" not in text and not list(elsewhere.iterdir())
 
 
 def test_inception_is_built_from_the_local_file_loaded_weights_only(tmp_path):
@@ -445,7 +488,7 @@ def test_reconstruct_records_the_flops_of_one_slice_and_the_compute_table_reads_
     from ldpm.baselines.unet import build_unet
     from ldpm.evaluate.tables import compute_table
     from ldpm.reconstruct import reconstruct
-    from ldpm.train import save_weights
+    from ldpm.weights import save_weights
 
     fake_test_set(tmp_path)
     hp = {"chans": 4, "num_pool_layers": 2}
@@ -480,3 +523,78 @@ def test_html_report_renders_tables_with_captions_notes_and_inlined_figures(tmp_
     assert "<td>30.1235</td>" in page and "<td>n/a</td>" in page and "[1] LPIPS n/a: file missing" in page
     assert "data:image/png;base64," in page and "results/tables/t1.csv &lt;- metrics" in page
     assert page.count("<tr>") == 3  # header + two rows; the md separator line is not a row
+
+
+def test_one_clipping_policy_for_every_method(tmp_path, monkeypatch):
+    """The reconstruct stage, not the methods, clips: negatives to 0, values above the data range kept (the range
+    comes from the fully-sampled volume, which no method may know). Score-MRI and LDPM return raw outputs."""
+    import inspect
+
+    from ldpm import stages
+    from ldpm.baselines.score_mri import score_mri_sample
+    from ldpm.reconstruct import reconstruct
+    from ldpm.sampling.dual_stage import dual_stage_sample
+
+    fake_test_set(tmp_path)
+    monkeypatch.setitem(stages.RECONSTRUCTORS, "overshoot", f"{__name__}:overshooting_method")
+    reconstruct("overshoot", tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "masks.npz", tmp_path / "o.h5",
+                device="cpu")
+    with h5py.File(tmp_path / "o.h5") as fh:
+        out = fh["recon"][:]
+    assert out.min() == 0 and out.max() > 1.5  # clipped below, not above
+    for sampler in (score_mri_sample, dual_stage_sample):  # no method-level clipping left behind
+        assert "clamp(0, 1)" not in inspect.getsource(sampler) and "clamp" not in inspect.signature(sampler).parameters
+
+
+def overshooting_method(weights, hp, device):
+    """A registered stand-in whose output leaves [0, 1] on both sides."""
+    return lambda x_u, k_u, mask: 4 * x_u - 0.5
+
+
+def test_report_data_section_counts_subjects_and_puts_ood_beside_the_main_split(tmp_path):
+    from ldpm.evaluate.report import EMBEDDED_LIMITS, data_section
+
+    rows = [{"slice_id": f"v{s}{v}:{k}", "volume": f"v{s}{v}", "patient_id": f"p{s}", "dataset": "brain"}
+            for s in range(3) for v in range(2) for k in range(4)]
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    ood = [{"slice_id": f"o:{k}", "volume": "o", "patient_id": "q", "dataset": "ood"} for k in range(5)]
+    pd.DataFrame(rows[:8] + ood).to_csv(tmp_path / "test.csv", index=False)
+    pd.DataFrame({"all": [20.0, 25.0], "T1": [1.0, 2.0], "OOD": [15.0, 17.5]},
+                 index=["Zero-filled", "U-Net"]).to_csv(tmp_path / "table3.csv")
+    page = data_section([tmp_path / "train.csv", tmp_path / "test.csv"], "embedded", [tmp_path / "table3.csv"],
+                        "all", ["OOD"])
+    cells = " ".join(page.split())  # one space between tags
+    for split, dataset, subjects, volumes, slices in [("train", "brain", 3, 6, 24), ("test", "ood", 1, 1, 5)]:
+        assert f"<td>{split}</td> <td>{dataset}</td> <td>{subjects}</td> <td>{volumes}</td> <td>{slices}</td>" in cells
+    assert "<th>all</th> <th>OOD</th>" in cells and "<th>T1</th>" not in cells
+    assert "<th>U-Net</th> <td>25.00</td> <td>17.50</td>" in cells
+    assert html.escape(EMBEDDED_LIMITS) in page
+    assert html.escape(EMBEDDED_LIMITS) not in data_section([tmp_path / "train.csv"], "fastmri", [], "all", [])
+
+
+def test_table1_reports_mean_and_sd_over_training_seeds_and_stats_average_seeds_per_volume(tmp_path):
+    """Two training seeds: Table I's PSNR is the mean over seeds of each seed's volume mean, `PSNR sd` their sample
+    sd, `PSNR seed<k>` each seed's value, the md prints mean ± sd; Table III and the statistics read each volume's
+    seed-averaged value (computed here by hand)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in (0, 1):
+        for method in ("zero_filled", "ldpm"):
+            for v in range(6):
+                rows.append({"method": method, "acceleration": 8, "training_seed": seed, "volume": f"v{v}",
+                             "patient_id": f"p{v // 2}", "dataset": "brain", "psnr": 20 + 5 * (method == "ldpm")
+                             + seed + rng.normal(), "ssim": 0.5 + 0.1 * rng.random(), "nmse": 0.1 * rng.random()})
+    volumes = pd.DataFrame(rows)
+    table = table1(volumes, ["zero_filled", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "t1")
+    per_seed = volumes[volumes.method == "ldpm"].groupby("training_seed").psnr.mean()
+    row = table.loc["LDPM (Ours)"]
+    assert row["PSNR"] == pytest.approx(per_seed.mean()) and row["PSNR sd"] == pytest.approx(per_seed.std(ddof=1))
+    assert row["PSNR seed0"] == pytest.approx(per_seed[0]) and row["PSNR seed1"] == pytest.approx(per_seed[1])
+    assert row["volumes"] == 6
+    assert f"{per_seed.mean():.4f} ± {per_seed.std(ddof=1):.4f}" in (tmp_path / "t1.md").read_text()
+    stats = stats_table(volumes, ["zero_filled", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "s", n_boot=200)
+    averaged = volumes.groupby(["method", "volume"]).psnr.mean()
+    got = stats.query("method == 'zero_filled' and metric == 'psnr'").iloc[0]
+    assert got["mean"] == pytest.approx(averaged["zero_filled"].mean()) and got["volumes"] == 6
+    one_seed = table1(volumes[volumes.training_seed == 0], ["ldpm"], {"dataset": "brain"}, 8, tmp_path / "one")
+    assert "PSNR sd" not in one_seed.columns and "±" not in (tmp_path / "one.md").read_text()

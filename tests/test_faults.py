@@ -26,7 +26,7 @@ def write_config(workdir: Path, cfg: dict) -> None:
 def test_two_clean_runs_give_byte_identical_tables(tmp_path):
     """Every table and statistic, byte for byte, from two runs from clean in the same directory (the md footnotes
     name the directories searched for backbone weights). Not compared: compute_af* (measured seconds and memory)
-    and the .prov.json records (wall times, dates)."""
+    and the provenance records in results/provenance/records (wall times, dates)."""
     run, first = tmp_path / "run", tmp_path / "first"
     write_config(run, small_config())
     tables = []
@@ -72,9 +72,10 @@ def test_kill_9_during_training_resumes_from_the_checkpoint(tmp_path):
     preprocessing that had finished."""
     cfg = small_config()
     cfg["unet"].update(epochs=200, ckpt_every=5)
-    kill_9_and_rerun(tmp_path, cfg, "results/models/unet.safetensors", tmp_path / "results/checkpoints/unet/last.pt",
+    kill_9_and_rerun(tmp_path, cfg, "results/models/seed0/unet.safetensors",
+                     tmp_path / "results/checkpoints/seed0/unet/last.pt",
                      finished_before=tmp_path / "results/data/train.h5")
-    assert "resumed unet" in (tmp_path / "results/logs/train_unet.log").read_text()
+    assert "resumed unet" in (tmp_path / "results/logs/train_unet_seed0.log").read_text()
 
 
 def test_kill_9_during_sampling_reruns_only_the_sampling(tmp_path):
@@ -84,10 +85,10 @@ def test_kill_9_during_sampling_reruns_only_the_sampling(tmp_path):
 
     cfg = small_config()
     cfg["score_mri"]["n_steps"] = 400  # long enough to be caught mid-sampling
-    target = "results/recon/score_mri/af8.h5"
-    kill_9_and_rerun(tmp_path, cfg, target, tmp_path / "results/logs/reconstruct_score_mri_af8.log",
-                     finished_before=tmp_path / "results/models/score_mri.safetensors")
-    assert not list((tmp_path / "results/recon/score_mri").glob(".*.partial")), "a partial file was left behind"
+    target = "results/recon/score_mri/seed0/random_af8.h5"
+    kill_9_and_rerun(tmp_path, cfg, target, tmp_path / "results/logs/reconstruct_score_mri_seed0_random_af8.log",
+                     finished_before=tmp_path / "results/models/seed0/score_mri.safetensors")
+    assert not list((tmp_path / "results/recon/score_mri/seed0").glob(".*.partial")), "a partial file was left behind"
     with h5py.File(tmp_path / target) as fh:
         rerun = fh["recon"][()]
     (tmp_path / target).unlink()

@@ -235,7 +235,7 @@ def test_ldpm_and_ablations_reconstruct_a_batch_reproducibly(trained, prepared):
         torch.manual_seed(0)  # as `ldpm.reconstruct` does before building a method
         with torch.no_grad():
             out = factory(trained["weights"], hp, torch.device("cpu"))(x_u, k_u, mask)
-        assert out.shape == (4, 1, 32, 32) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+        assert out.shape == (4, 1, 32, 32) and torch.isfinite(out).all()  # raw output: ldpm.reconstruct clips
         outputs[name] = out
     torch.manual_seed(0)
     with torch.no_grad():

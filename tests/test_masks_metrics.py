@@ -123,9 +123,34 @@ def test_table3_new_config_split_is_a_new_column_through_the_cli(tmp_path):
         assert main(["tables", "--metrics", str(tmp_path / "v.csv"), "--methods", json.dumps(config["methods"]),
                      "--test-splits", json.dumps(config["test_splits"]), "--main-split", config["main_split"],
                      "--acceleration", "8", "--out-dir", str(out)]) == 0
-        columns[len(extra)] = list(pd.read_csv(out / "table3_af8.csv", index_col=0).columns)
+        columns[len(extra)] = list(pd.read_csv(out / "table3_random_af8.csv", index_col=0).columns)
         for fmt in ["md", "tex"]:
-            assert ("Skyra p1" in (out / f"table3_af8.{fmt}").read_text()) == bool(extra)
+            assert ("Skyra p1" in (out / f"table3_random_af8.{fmt}").read_text()) == bool(extra)
     assert columns == {0: ["all", "T1"], 1: ["all", "T1", "Skyra p1"]}
-    t3 = pd.read_csv(tmp_path / "tables1" / "table3_af8.csv", index_col=0)
+    t3 = pd.read_csv(tmp_path / "tables1" / "table3_random_af8.csv", index_col=0)
     assert t3.loc["U-Net", "Skyra p1"] == pytest.approx(pd.read_csv(tmp_path / "v.csv").psnr.iloc[1])
+
+
+def test_equispaced_masks_and_the_real_acceleration_csv(tmp_path):
+    """mask type equispaced: outside the centre block the sampled columns sit at one fixed spacing (counted here
+    from the mask itself); the CSV's real AF is width / sampled columns per slice; an AF the mask function cannot
+    reach at this width is refused with nothing written."""
+    ids = [f"v:{i:03d}" for i in range(6)]
+    masks = make_test_masks(ids, 320, 8, 0.04, 0, tmp_path / "eq.npz", mask_type="equispaced",
+                            out_csv=tmp_path / "eq.csv")
+    for m in masks:
+        centre = np.zeros(320, bool)
+        centre[160 - 6:160 - 6 + 13] = True  # round(320 * 0.04) = 13 centre columns
+        outer = np.flatnonzero(m & ~centre)
+        gaps = np.diff(outer[outer < 154])  # left of the centre block: EquispacedMaskFractionFunc's lattice
+        assert len(gaps) > 3 and gaps.max() - gaps.min() <= 1
+    real = pd.read_csv(tmp_path / "eq.csv")
+    np.testing.assert_allclose(real.real_af, [320 / m.sum() for m in masks], rtol=1e-5)  # CSV keeps 6 digits
+    assert list(real.slice_id) == ids and set(real.mask_type) == {"equispaced"}
+    assert abs(real.real_af.mean() - 8) < 0.3
+    random = make_test_masks(ids, 320, 8, 0.04, 0, tmp_path / "r.npz")
+    assert not np.array_equal(random, masks)
+    with pytest.raises(LdpmError, match="reach AF"):  # 16 columns: AF 12 leaves ~1 line besides the centre
+        make_test_masks(ids, 16, 12, 0.3, 0, tmp_path / "bad.npz", out_csv=tmp_path / "bad.csv")
+    assert not (tmp_path / "bad.npz").exists() and not (tmp_path / "bad.csv").exists()
+

@@ -9,9 +9,11 @@ from conftest import REPO
 from test_pipeline import snakemake
 
 
-def test_slurm_profile_dry_run_puts_gpus_on_training_and_sampling(tmp_path):
+def test_slurm_profile_dry_run_puts_gpus_where_they_are_used(tmp_path):
+    """Without --cores (the executor sizes jobs): GPUs on training, sampling and perceptual features, not on the
+    CPU metrics or preprocessing; each training job's time limit is its model's."""
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
-    result = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "profiles" / "slurm"))
+    result = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), cores=None)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     jobs = {}  # rule -> resources line of its first job
@@ -19,8 +21,11 @@ def test_slurm_profile_dry_run_puts_gpus_on_training_and_sampling(tmp_path):
         name = block.split(":", 1)[0]
         res = re.search(r"resources: (.*)", block)
         jobs.setdefault(name, res.group(1) if res else "")
-    assert "gpu=1" in jobs["train"] and "gpu=1" in jobs["reconstruct"]
-    assert "gpu=1" not in jobs["preprocess"] and "gpu=1" not in jobs["masks"]
+    assert "gpu=1" in jobs["train"] and "gpu=1" in jobs["reconstruct"] and "gpu=1" in jobs["perceptual"]
+    assert "gpu=1" not in jobs["metrics"] and "gpu=1" not in jobs["masks"] and "gpu=1" not in jobs["gather"]
+    runtimes = {re.search(r"model=(\w+)", block).group(1): re.search(r"runtime=(\d+)", block).group(1)
+                for block in out.split("rule ")[1:] if block.startswith("train:")}
+    assert runtimes["score_mri"] == "4320" and runtimes["unet"] == "360", runtimes
 
 
 def test_paper_config_validates_with_local_paths(tmp_path):
@@ -46,4 +51,4 @@ def test_train_processes_launch_training_under_torchrun(tmp_path):
     assert result.returncode == 0, out[-3000:]
     train_cmds = [line.removeprefix("Shell command: ") for line in out.splitlines() if "--ckpt-dir" in line]
     launcher = "torchrun --standalone --nproc_per_node 4 -m ldpm train"
-    assert train_cmds and all(c.startswith(launcher) for c in train_cmds)
+    assert train_cmds and all(re.match(rf"LDPM_CODE=[0-9a-f]{{12}} {launcher}", c) for c in train_cmds)

@@ -189,7 +189,7 @@ def test_empty_split_after_filtering(capsys, tmp_path):
     line = run_cli(capsys, "tables", "--metrics", str(csv), "--methods", '["zero_filled"]', "--test-splits",
                    json.dumps(splits), "--main-split", "all", "--acceleration", "8", "--out-dir", str(tmp_path / "t"))
     assert "config key test_splits.Skyra15" in line and "selects no test volume" in line
-    assert not (tmp_path / "t" / "table3_af8.csv").exists()
+    assert not (tmp_path / "t" / "table3_random_af8.csv").exists()
 
 
 def test_config_strings_reach_the_shell_as_single_arguments(tmp_path):
@@ -208,9 +208,9 @@ def test_config_strings_reach_the_shell_as_single_arguments(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
     commands = {}
     for line in result.stdout.splitlines():
-        line = line.removeprefix("Shell command: ")
-        if line.startswith("ldpm "):
-            argv = shlex.split(line.split(" > ")[0])
+        argv = shlex.split(line.removeprefix("Shell command: ").split(" > ")[0]) if " -m ldpm " in line else []
+        if argv[:2] and argv[0].startswith("LDPM_CODE="):  # LDPM_CODE=<version> python -m ldpm <stage> ...
+            argv = argv[3:]
             commands.setdefault(argv[1], argv)
     assert commands["tables"][commands["tables"].index("--main-split") + 1] == name
     assert commands["perceptual"][commands["perceptual"].index("--weights-dir") + 1] == "my weights; touch PWNED2"

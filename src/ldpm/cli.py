@@ -21,6 +21,13 @@ def _json(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 
+def _splits(text: str) -> dict:
+    """config test_splits as JSON: an object, or a list of [name, filter] pairs (the workflow's form, since its JSON
+    params sort object keys and the order of test splits is the order of Table III's columns)."""
+    value = _json(text)
+    return dict(value) if isinstance(value, list) else value
+
+
 def cmd_embedded(a: argparse.Namespace) -> None:
     from ldpm.data.embedded import generate_dataset
 
@@ -39,13 +46,31 @@ def cmd_preprocess(a: argparse.Namespace) -> None:
     preprocess(a.index, a.out_dir, seed=a.seed, **a.params)
 
 
+def cmd_split(a: argparse.Namespace) -> None:
+    from ldpm.data.preprocess import write_splits
+
+    write_splits(a.index, a.out, seed=a.seed, **a.params)
+
+
+def cmd_preprocess_shard(a: argparse.Namespace) -> None:
+    from ldpm.data.preprocess import preprocess_shard
+
+    preprocess_shard(a.index, a.volumes, a.out_h5, a.out_csv, rows_sha256=a.rows_sha256, **a.params)
+
+
+def cmd_gather(a: argparse.Namespace) -> None:
+    from ldpm.data.preprocess import gather
+
+    gather(a.splits, a.out_dir)
+
+
 def cmd_masks(a: argparse.Namespace) -> None:
     from ldpm.data.masks import make_test_masks
     from ldpm.io import read_images, read_table
 
     width = read_images(a.test_h5).shape[-1]
     make_test_masks(read_table(a.test_csv)["slice_id"].tolist(), width, a.acceleration, a.center_fraction,
-                    a.seed, a.out)
+                    a.seed, a.out, mask_type=a.mask_type, out_csv=a.out_csv)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -59,13 +84,22 @@ def cmd_train(a: argparse.Namespace) -> None:
     init_distributed(a.device)
     try:
         if is_main_process():
-            claim_checkpoint_dir(a.ckpt_dir, checkpoint_identity(a.model, a.inputs, a.hp, a.masks, a.seed))
+            claim_checkpoint_dir(a.ckpt_dir, checkpoint_identity(a.model, a.inputs, a.hp, a.masks, a.seed,
+                                                                 a.val_slices))
         if dist.is_initialized():
             dist.barrier()  # no process may load a checkpoint that rank 0 is setting aside
-        trainer(a.inputs, a.out, a.ckpt_dir, a.hp, a.masks, a.seed, a.device)
+        trainer(a.inputs, a.out, a.ckpt_dir, a.hp, a.masks, a.seed, a.device, val_slices=a.val_slices)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def cmd_training_curves(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from ldpm.evaluate.figures import training_curves
+
+    training_curves(a.curve, a.out, a.title or Path(a.curve).name.removesuffix(".curve.csv"))
 
 
 def cmd_reconstruct(a: argparse.Namespace) -> None:
@@ -78,7 +112,8 @@ def cmd_reconstruct(a: argparse.Namespace) -> None:
 def cmd_metrics(a: argparse.Namespace) -> None:
     from ldpm.evaluate.metrics import evaluate
 
-    evaluate(a.test_h5, a.test_csv, a.recon, a.masks, a.method, a.acceleration, a.out_volumes, a.out_slices)
+    evaluate(a.test_h5, a.test_csv, a.recon, a.masks, a.method, a.acceleration, a.out_volumes, a.out_slices,
+             training_seed=a.training_seed)
 
 
 def _recons(a: argparse.Namespace) -> dict[str, str]:
@@ -94,23 +129,26 @@ def cmd_perceptual(a: argparse.Namespace) -> None:
 
     backbones = load_backbones(a.weights_dir, a.use_hub_cache)
     perceptual_metrics(a.test_h5, a.test_csv, _recons(a), a.split_filter, backbones, a.out,
-                       split_name=a.split_name, device=a.device, seed=a.seed)
+                       split_name=a.split_name, device=a.device, seed=a.seed, training_seed=a.training_seed)
 
 
 def cmd_tables(a: argparse.Namespace) -> None:
     from pathlib import Path
 
+    import pandas as pd
+
     from ldpm.evaluate.tables import compute_table, load_volume_metrics, table1, table3
     from ldpm.io import read_table
 
     volumes = load_volume_metrics(a.metrics)
-    perceptual = read_table(a.perceptual) if a.perceptual else None
+    perceptual = pd.concat([read_table(p) for p in a.perceptual]) if a.perceptual else None
     out = Path(a.out_dir)
-    table1(volumes, a.methods, a.test_splits[a.main_split], a.acceleration, out / f"table1_af{a.acceleration}",
-           perceptual, a.notes)
-    table3(volumes, a.methods, a.test_splits, a.acceleration, out / f"table3_af{a.acceleration}")
+    tag = f"{a.mask_type}_af{a.acceleration}"  # the {mask}_af{af} of the workflow's file names
+    table1(volumes, a.methods, a.test_splits[a.main_split], a.acceleration, out / f"table1_{tag}", perceptual,
+           a.notes, mask_type=a.mask_type)
+    table3(volumes, a.methods, a.test_splits, a.acceleration, out / f"table3_{tag}", mask_type=a.mask_type)
     if a.recon:
-        compute_table(a.recon, a.methods, a.acceleration, out / f"compute_af{a.acceleration}")
+        compute_table(a.recon, a.methods, a.acceleration, out / f"compute_{tag}", mask_type=a.mask_type)
 
 
 def cmd_stats(a: argparse.Namespace) -> None:
@@ -118,7 +156,7 @@ def cmd_stats(a: argparse.Namespace) -> None:
     from ldpm.evaluate.tables import load_volume_metrics
 
     stats_table(load_volume_metrics(a.metrics), a.methods, a.split_filter, a.acceleration, a.out_stem,
-                n_boot=a.n_boot, confidence=a.confidence, seed=a.seed)
+                n_boot=a.n_boot, confidence=a.confidence, seed=a.seed, mask_type=a.mask_type)
 
 
 def cmd_figure2(a: argparse.Namespace) -> None:
@@ -133,21 +171,21 @@ def cmd_table2(a: argparse.Namespace) -> None:
     from ldpm.evaluate.tables import load_volume_metrics
 
     table2(load_volume_metrics(a.metrics), a.methods, a.split_filter, a.split_name, a.acceleration, a.out_stem,
-           mode=a.mode)
+           mode=a.mode, mask_type=a.mask_type)
 
 
 def cmd_tune_sampler(a: argparse.Namespace) -> None:
     from ldpm.method.tuning import tune_sampler
 
     tune_sampler(a.val_h5, a.val_csv, a.weights, a.hp, a.acceleration, a.center_fraction, a.seed, a.out_json,
-                 a.out_csv, device=a.device)
+                 a.out_csv, device=a.device, mask_type=a.mask_type)
 
 
 def cmd_ldpm_diagnostics(a: argparse.Namespace) -> None:
     from ldpm.method.diagnostics import ldpm_diagnostics
 
     ldpm_diagnostics(a.test_h5, a.test_csv, a.masks, a.recon, a.weights, a.hp, a.test_splits, a.acceleration,
-                     a.seed, a.out_stem, device=a.device)
+                     a.seed, a.out_stem, device=a.device, mask_type=a.mask_type)
 
 
 def cmd_figure3(a: argparse.Namespace) -> None:
@@ -173,7 +211,7 @@ def cmd_audit(a: argparse.Namespace) -> None:
 
 
 def cmd_weights(a: argparse.Namespace) -> None:
-    from ldpm.evaluate.perceptual import WEIGHTS, fetch_weights, find_weight, missing_note
+    from ldpm.evaluate.perceptual import WEIGHTS, fetch_weights, find_weight, is_stand_in, missing_note
 
     if a.action == "fetch":
         for path in fetch_weights(a.dir):
@@ -181,13 +219,23 @@ def cmd_weights(a: argparse.Namespace) -> None:
         return
     for key, spec in WEIGHTS.items():
         path = find_weight(key, a.dir)
-        print(f"{spec.metrics}: {path} (sha256 ok)" if path else missing_note(key, a.dir))
+        state = "STAND-IN: random weights of `ldpm rehearsal-inputs`" if path and is_stand_in(path) else "sha256 ok"
+        print(f"{spec.metrics}: {path} ({state})" if path else missing_note(key, a.dir))
+
+
+def cmd_rehearsal_inputs(a: argparse.Namespace) -> None:
+    from ldpm.rehearsal import generate
+
+    generate(a.out, profile=a.profile, seed=a.seed)
 
 
 def cmd_report(a: argparse.Namespace) -> None:
     from ldpm.evaluate.report import write_report
 
-    write_report(a.tables, a.figures, a.texts, a.out)
+    from ldpm.evaluate.report import data_section
+
+    data_html = (data_section(a.splits, a.source, a.table3, a.main_split, a.ood_splits) if a.splits else "")
+    write_report(a.tables, a.figures, a.texts, a.out, data_html=data_html)
 
 
 def _test_set_args(s: argparse.ArgumentParser, per_method: bool = False) -> None:
@@ -215,16 +263,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_index)
 
-    s = sub.add_parser("preprocess", help="RSS, crop, slice filter, resize, normalise, subject-level splits")
+    s = sub.add_parser("preprocess", help="RSS, crop, slice filter, resize, normalise, subject-level splits: "
+                       "split + every shard + gather in one process")
     s.add_argument("--index", required=True)
     s.add_argument("--out-dir", required=True)
-    s.add_argument("--params", type=_json, required=True)
+    s.add_argument("--params", type=_json, required=True, help="crop_size, image_size, drop_last_slices, "
+                   "val_fraction, test_fraction[, shard_size]")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_preprocess)
+
+    s = sub.add_parser("split", help="splits.csv: subject-level split and shard of every indexed volume")
+    s.add_argument("--index", required=True)
+    s.add_argument("--params", type=_json, required=True, help="val_fraction, test_fraction, shard_size")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_split)
+
+    s = sub.add_parser("preprocess-shard", help="RSS, crop, slice filter, resize, normalise the volumes of one shard")
+    s.add_argument("--index", required=True)
+    s.add_argument("--volumes", type=_json, required=True, help="JSON list of volume names (index order)")
+    s.add_argument("--rows-sha256", help="sha256 of those index rows the shard was planned from (checked)")
+    s.add_argument("--params", type=_json, required=True, help="crop_size, image_size, drop_last_slices")
+    s.add_argument("--out-h5", required=True)
+    s.add_argument("--out-csv", required=True)
+    s.set_defaults(func=cmd_preprocess_shard)
+
+    s = sub.add_parser("gather", help="{train,val,test}.{h5,csv} from splits.csv and the shards/ beside it")
+    s.add_argument("--splits", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_gather)
 
     s = sub.add_parser("masks", help="fixed, seeded test masks for one acceleration")
     _test_set_args(s)
     s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
+                   help="config masks.types value (file names, captions)")
+    s.add_argument("--out-csv", help="real acceleration of every mask (CSV)")
     s.add_argument("--center-fraction", type=float, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
@@ -239,7 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--masks", type=_json, required=True, help="{accelerations, center_fractions} for training")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument("--val-slices", type=int, default=32,
+                   help="validation slices scored every epoch (config key validation_slices; 0 = none)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("training-curves", help="training-curve figure of one stage from its <model>.curve.csv")
+    s.add_argument("--curve", required=True, help="the stage's curve CSV (step, epoch, name, value)")
+    s.add_argument("--title", default=None, help="figure title (default: the CSV's name)")
+    s.add_argument("--out", required=True, help="figure (.png)")
+    s.set_defaults(func=cmd_training_curves)
 
     s = sub.add_parser("reconstruct", help="reconstruct the test set with one method")
     s.add_argument("method")
@@ -259,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--masks", required=True, help="the test masks the reconstruction used (k-space residual)")
     s.add_argument("--method", required=True)
     s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--training-seed", type=int, default=0, help="the training seed of the reconstruction (a column)")
     s.add_argument("--out-volumes", required=True)
     s.add_argument("--out-slices", required=True)
     s.set_defaults(func=cmd_metrics)
@@ -270,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights-dir", default="weights")
     s.add_argument("--no-hub-cache", dest="use_hub_cache", action="store_false",
                    help="look only in --weights-dir, not in the torch hub cache")
+    s.add_argument("--training-seed", type=int, default=0, help="the training seed of the reconstructions (a column)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--out", required=True)
@@ -278,10 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("tables", help="Tables I and III from per-volume metrics; the compute table")
     s.add_argument("--metrics", nargs="+", required=True)
     s.add_argument("--methods", type=_json, required=True)
-    s.add_argument("--test-splits", type=_json, required=True)
+    s.add_argument("--test-splits", type=_splits, required=True)
     s.add_argument("--main-split", required=True)
     s.add_argument("--acceleration", type=int, required=True)
-    s.add_argument("--perceptual", help="csv of `ldpm perceptual`; without it LPIPS/rFID/KID read n/a")
+    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
+                   help="config masks.types value (file names, captions)")
+    s.add_argument("--perceptual", nargs="*", default=[],
+                   help="csv files of `ldpm perceptual` (one per training seed); without them LPIPS/rFID/KID read n/a")
     s.add_argument("--recon", nargs="*", default=[], help="reconstructions: their cost attrs → compute_af<AF>")
     s.add_argument("--notes", type=_json, default=[], help="extra Table I footnotes (JSON list), e.g. weights caveats")
     s.add_argument("--out-dir", required=True)
@@ -293,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", type=_json, required=True)
     s.add_argument("--split-filter", type=_json, default={})
     s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
+                   help="config masks.types value (file names, captions)")
     s.add_argument("--n-boot", type=int, default=2000)
     s.add_argument("--confidence", type=float, default=0.95)
     s.add_argument("--seed", type=int, default=0)
@@ -313,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split-filter", type=_json, default={})
     s.add_argument("--split-name", default="main")
     s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
+                   help="config masks.types value (file names, captions)")
     s.add_argument("--out-stem", required=True, help="writes <stem>.csv, .md and .tex")
     s.add_argument("--mode", choices=["swap", "retrain"], default="swap", help="ldpm.ablations_mode (caption)")
     s.set_defaults(func=cmd_table2)
@@ -323,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", type=_json, required=True, help="the full LDPM's weight files")
     s.add_argument("--hp", type=_json, required=True, help="ldpm sub-blocks (sampler, tuning, models)")
     s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
+                   help="config masks.types value (file names, captions)")
     s.add_argument("--center-fraction", type=float, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
@@ -336,8 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recon", required=True, help="LDPM's reconstruction file")
     s.add_argument("--weights", type=_json, required=True)
     s.add_argument("--hp", type=_json, required=True)
-    s.add_argument("--test-splits", type=_json, required=True, help="config test_splits")
+    s.add_argument("--test-splits", type=_splits, required=True, help="config test_splits")
     s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
+                   help="config masks.types value (file names, captions)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--out-stem", required=True, help="writes <stem>.csv, .md and .tex")
@@ -357,16 +452,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tables", nargs="+", required=True, help="table .md files (caption, table, notes) or csv")
     s.add_argument("--figures", nargs="*", default=[], help="png files, inlined")
     s.add_argument("--texts", nargs="*", default=[], help="text files shown verbatim (audits)")
+    s.add_argument("--splits", nargs="*", default=[], help="train/val/test csv files: the report's data section")
+    s.add_argument("--source", default="fastmri", help="config data.source (embedded adds the data's limits)")
+    s.add_argument("--table3", nargs="*", default=[], help="Table III csv files: main split beside OOD columns")
+    s.add_argument("--main-split", default="all")
+    s.add_argument("--ood-splits", type=_json, default=[], help="test_splits names of other-anatomy data (JSON)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("audit", help="provenance chain of an output: table ← metrics ← recon ← … ← raw files")
-    s.add_argument("paths", nargs="+", help="tables, figures, reconstructions … with a .prov.json record")
+    s.add_argument("paths", nargs="+", help="tables, figures, reconstructions … with a provenance record "
+                   "(kept in results/provenance/records/)")
     s.add_argument("--method", help="follow one table row only (method name or its label, e.g. U-Net)")
     s.add_argument("--max-raw", type=int, default=20, help="raw files listed per index (0: all)")
     s.add_argument("--verify-raw", action="store_true", help="re-hash the raw files against index.csv")
     s.add_argument("--out", help="write the text here instead of stdout")
     s.set_defaults(func=cmd_audit, record=False)
+
+    s = sub.add_parser("rehearsal-inputs", help="stand-ins (random weights, simulated fastMRI files) for every local "
+                       "input configs/paper.yaml reads: the paper-path rehearsal (configs/rehearsal.yaml)")
+    s.add_argument("--out", required=True, help="folder to fill (configs/rehearsal.yaml reads rehearsal/)")
+    s.add_argument("--profile", choices=["cpu", "full"], default="cpu",
+                   help="cpu: 4-slice volumes, 3 test slices (with configs/rehearsal-cpu.yaml); full: the GPU "
+                   "rehearsal's data, every Table III column")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_rehearsal_inputs, record=False)
 
     s = sub.add_parser("weights", help="LPIPS / Inception backbone files: check them, or fetch them (internet)")
     s.add_argument("action", choices=["check", "fetch"], help="fetch downloads and verifies sha256; never "
@@ -390,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         args.func(args)
-        # One provenance sidecar per output, written here so that no stage can forget it.
+        # One provenance record per output (in results/provenance/records/), written here so no stage can forget it.
         if getattr(args, "record", True) and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 records
             provenance.record_stage(args, argv, list(io.WRITTEN), started, time.time())
     except LdpmError as exc:

@@ -49,6 +49,17 @@ def _coerce_numbers(value, schema: dict):
     return value
 
 
+def _integer_af_keys(config: dict) -> None:
+    """masks.center_fractions is keyed by AF: YAML gives integer keys, `--config` overrides give strings ("8").
+    One key type (int) keeps lookups and the workflow's sorted JSON params working; a string key is an override,
+    so its value wins over the file's integer key (Snakemake's merge order does not say which came last)."""
+    fractions = config.get("masks", {}).get("center_fractions")
+    if isinstance(fractions, dict):
+        overrides = {int(k): v for k, v in fractions.items() if isinstance(k, str) and _INTEGER.fullmatch(k)}
+        kept = {k: v for k, v in fractions.items() if not (isinstance(k, str) and _INTEGER.fullmatch(k))}
+        config["masks"]["center_fractions"] = kept | overrides
+
+
 def _key_of(error: jsonschema.ValidationError) -> str:
     path = ".".join(str(p) for p in error.absolute_path)
     if error.validator == "additionalProperties":
@@ -71,6 +82,7 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
     schema = load_schema(schema_path)
     config = _coerce_numbers(copy.deepcopy(config), schema)
     _fill_defaults(config, schema)
+    _integer_af_keys(config)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
     if errors:
         err = errors[0]
@@ -112,15 +124,47 @@ def check_semantics(config: dict) -> None:
             raise LdpmError(f"config key methods: unknown method '{method}'; known: {', '.join(RECONSTRUCTORS)}")
     if config["main_split"] not in config["test_splits"]:
         raise LdpmError(f"config key main_split: '{config['main_split']}' is not a test_splits entry")
-    if data["source"] == "fastmri":
-        for name, spec in data["datasets"].items():
-            if not spec.get("paths"):
-                raise LdpmError(f"config key data.datasets.{name}.paths: required when data.source is fastmri")
-            for p in spec["paths"]:
-                if not Path(p).is_dir():
-                    raise LdpmError(f"config key data.datasets.{name}.paths: directory {p} not found")
-    elif set(data["datasets"]) - {"brain", "ood"}:
-        raise LdpmError("config key data.datasets: the embedded source provides only 'brain' and 'ood'")
+    generated = {"brain", "ood"} if data["source"] == "embedded" else set()
+    for name, spec in data["datasets"].items():
+        if name in generated:
+            continue  # made by the embedded generator
+        if data["source"] == "embedded" and spec["role"] == "in_distribution":
+            raise LdpmError(f"config key data.datasets.{name}.role: a folder added to the embedded default is test "
+                            f"data (role: test or ood); to train on it, use data.source: fastmri")
+        if not spec.get("paths"):
+            raise LdpmError(f"config key data.datasets.{name}.paths: required (the folders of its fastMRI-format h5 "
+                            f"files)")
+        for p in spec["paths"]:
+            if not Path(p).is_dir():
+                raise LdpmError(f"config key data.datasets.{name}.paths: directory {p} not found")
+    check_official_weights(config)
+
+
+def datasets_in_test(config: dict) -> list[str]:
+    """The datasets test volumes come from: every `test` / `ood` dataset, and the in_distribution ones unless
+    data.split.test_fraction is 0."""
+    data = config["data"]
+    return [name for name, spec in data["datasets"].items()
+            if spec["role"] != "in_distribution" or data["split"]["test_fraction"] > 0]
+
+
+def check_official_weights(config: dict) -> None:
+    """`official: true` only where no test volume comes from data the official weights were trained on (a row of
+    Table I must never be evaluated on its own training subjects)."""
+    for model in ("unet", "varnet"):
+        block = config[model]
+        if not block["official"] or model not in config["methods"]:
+            continue
+        if not block["trained_on"]:
+            raise LdpmError(f"config key {model}.trained_on: required when {model}.official is true; list the "
+                            f"data.datasets fastMRI's official weights were trained on (its brain multicoil_train "
+                            f"and multicoil_val)")
+        seen = sorted(set(block["trained_on"]) & set(datasets_in_test(config)))
+        if seen:
+            raise LdpmError(f"config key {model}.official: the test set draws volumes from {', '.join(seen)}, which "
+                            f"the official weights were trained on ({model}.trained_on); test them only on datasets "
+                            f"they never saw (role: test, with data.split.test_fraction: 0) or set {model}.official: "
+                            f"false to train {model} here")
 
 
 def load_config(path: str | Path) -> dict:

@@ -1,11 +1,22 @@
-"""Provenance: a `<output>.prov.json` sidecar beside every file a stage writes, and `ldpm audit` to follow them.
+"""Provenance: a JSON record for every file a stage writes, kept in its own tree, and `ldpm audit` to follow them.
+
+Where records live (`record_path`): at `<R>/provenance/records/<the output's path relative to R>.json`, where R is
+the output's nearest ancestor directory named `results` (the workflow's RESULTS): `results/recon/unet/af8.h5` →
+`results/provenance/records/recon/unet/af8.h5.json`. An output with no `results` ancestor (a stage run by hand
+elsewhere, the tests) takes its own directory as R: `/tmp/x/zf.h5` → `/tmp/x/provenance/records/zf.h5.json`. The
+rule reads only the path (no environment variable, not the working directory), so `ldpm audit` finds the records
+from anywhere. Records are written only for outputs, never as a twin beside one, never into an input directory
+(raw data, weights). They are not Snakemake outputs: `snakemake --delete-all-output` leaves them (`rm -r results` or
+`rm -r results/provenance/records` clears them), and a record whose output is gone audits as MISSING.
 
 `ldpm.cli.main` calls `record_stage` once after a stage succeeds, so no stage (or rule) has to remember to:
 outputs are the files the stage completed through `ldpm.io.atomic_output`, its `--out*` arguments and the
 checkpoints it left in `--ckpt-dir`; inputs are every other argument (also inside JSON arguments) that names an
 existing file. A record holds: git commit and dirty flag of the ldpm checkout, the config hash (Snakemake exports
 LDPM_CONFIG_SHA256 to its jobs; it is not a rule param, so it never triggers reruns), package versions, the
-stage's arguments (seeds included), input sha256s, device, wall time, and the output's own sha256.
+stage's arguments (seeds included), input sha256s, device, wall time, and the output's own sha256 (with size and
+mtime, so `file_sha256` of a pipeline file is read from its record instead of re-hashed; raw inputs, which have no
+record, are hashed again each time).
 
 `audit` walks the records from a table or figure back through metrics, reconstructions, weights, masks,
 test.h5 and index.csv to the raw files, checking each recorded sha256 against the file on disk today.
@@ -27,7 +38,8 @@ from pathlib import Path
 import ldpm
 from ldpm.io import atomic_output, sha256_file
 
-SUFFIX = ".prov.json"
+RESULTS_NAME = "results"  # the workflow's RESULTS directory
+RECORDS = Path("provenance") / "records"
 CONFIG_HASH_ENV = "LDPM_CONFIG_SHA256"
 PACKAGES = ["ldpm", "torch", "torchvision", "numpy", "scipy", "pandas", "h5py", "fastmri", "diffusers",
             "safetensors", "scikit-image", "lpips", "torch-fidelity", "snakemake"]
@@ -37,23 +49,34 @@ PACKAGES = ["ldpm", "torch", "torchvision", "numpy", "scipy", "pandas", "h5py", 
 EXTRA_INPUTS: list[Path] = []
 
 
+def export_config_hash(config: dict) -> str:
+    """Put the sha256 of the validated config in this process's environment, where every `ldpm` stage started from
+    it (Snakemake's jobs) finds it for its records; not a rule param, so it never triggers a rerun by itself."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    os.environ[CONFIG_HASH_ENV] = digest
+    return digest
+
+
 def note_input(path: str | Path) -> None:
     EXTRA_INPUTS.append(Path(path))
 
 
-def sidecar(path: str | Path) -> Path:
-    return Path(f"{path}{SUFFIX}")
+def record_path(path: str | Path) -> Path:
+    """Where the provenance record of `path` lives (see the module docstring); never beside `path` itself."""
+    path = Path(os.path.abspath(path))  # absolute, `..` folded, symlinks kept (results/ may be a link)
+    root = next((d for d in path.parents if d.name == RESULTS_NAME), path.parent)
+    return root / RECORDS / f"{path.relative_to(root)}.json"
 
 
 def read_record(path: str | Path) -> dict | None:
     try:
-        return json.loads(sidecar(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(record_path(path).read_text())
+    except (OSError, ValueError):  # absent, unreadable, or not JSON (JSONDecodeError is a ValueError)
         return None
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file; taken from its sidecar while size and mtime still match, so big inputs are hashed once."""
+    """sha256 of a file; taken from its record while size and mtime still match, so big inputs are hashed once."""
     path = Path(path)
     stat = path.stat()
     rec = read_record(path)
@@ -132,7 +155,7 @@ def stage_files(args: argparse.Namespace, written: list[Path], started: float) -
     ckpt_dir = getattr(args, "ckpt_dir", None)
     if ckpt_dir and Path(ckpt_dir).is_dir():  # resumable checkpoints this run wrote
         outputs += [p for p in sorted(Path(ckpt_dir).iterdir())
-                    if p.is_file() and not p.name.endswith(SUFFIX) and p.stat().st_mtime >= started]
+                    if p.is_file() and p.stat().st_mtime >= started]
     # `--out DIR` (the embedded raw data) gets one record for the directory, not one per file inside it;
     # `--out-dir` is only where a stage puts its files, each recorded on its own.
     out = getattr(args, "out", None)
@@ -164,7 +187,7 @@ def _jsonable(args: argparse.Namespace) -> dict:
 
 def record_stage(args: argparse.Namespace, argv: list[str], written: list[Path], started: float,
                  finished: float) -> list[Path]:
-    """Write `<output>.prov.json` for every output of the stage that just finished; return the sidecar paths."""
+    """Write the record (`record_path`) of every output of the stage that just finished; return their paths."""
     outputs, inputs = stage_files(args, written, started)
     if not outputs:
         return []
@@ -175,6 +198,7 @@ def record_stage(args: argparse.Namespace, argv: list[str], written: list[Path],
         "cwd": os.getcwd(),
         "seed": getattr(args, "seed", None),
         "config_sha256": os.environ.get(CONFIG_HASH_ENV),
+        "code_version": os.environ.get("LDPM_CODE"),  # the stage's code version (ldpm.code_version), set by its rule
         "git": git_state(),
         "versions": versions(),
         "device": device_info(getattr(args, "device", None)),
@@ -182,7 +206,7 @@ def record_stage(args: argparse.Namespace, argv: list[str], written: list[Path],
         "wall_seconds": round(finished - started, 3),
         "inputs": [input_record(p) for p in inputs],
     }
-    sidecars = []
+    records = []
     for out in outputs:
         if out.is_dir():
             record = {"output": str(out), "kind": "directory",
@@ -191,10 +215,10 @@ def record_stage(args: argparse.Namespace, argv: list[str], written: list[Path],
             stat = out.stat()
             record = {"output": str(out), "kind": "file", "sha256": sha256_file(out), "size": stat.st_size,
                       "mtime_ns": stat.st_mtime_ns}
-        with atomic_output(sidecar(out)) as tmp:
+        with atomic_output(record_path(out)) as tmp:
             tmp.write_text(json.dumps(record | base, indent=1) + "\n")
-        sidecars.append(sidecar(out))
-    return sidecars
+        records.append(record_path(out))
+    return records
 
 
 # --------------------------------------------------------------------------------------------------------- audit
@@ -294,7 +318,7 @@ class Auditor:
         if len(shown) < len(index):
             self.lines.append(f"{prefix}│   … {len(index) - len(shown)} more (--max-raw 0 lists all)")
         # Generated raw data (the embedded source) has a record on its directory.
-        generators = {d for p in index["path"] for d in Path(p).parents if sidecar(d).exists()}
+        generators = {d for p in index["path"] for d in Path(p).parents if record_path(d).exists()}
         for n, d in enumerate(sorted(generators)):
             self.node(d, None, prefix, n == len(generators) - 1)
 
@@ -311,7 +335,7 @@ def audit(paths: str | Path | list[str | Path], method: str | None = None, max_r
         if not path.exists():
             raise LdpmError(f"{path}: file not found; give a table, figure or other pipeline output")
         if read_record(path) is None:
-            raise LdpmError(f"{path}: no provenance record {sidecar(path).name}; rerun the rule that writes it")
+            raise LdpmError(f"{path}: no provenance record ({record_path(path)}); rerun the rule that writes it")
         if n:
             auditor.lines.append("")
         auditor.node(path, None, "", True, root=True)

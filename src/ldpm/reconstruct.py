@@ -2,6 +2,10 @@
 
 Each method is a `Reconstructor`: a callable (x_u, k_u, mask) → image, all (B,1,H,W), built by the factory
 registered for it in `ldpm.stages.RECONSTRUCTORS` from the method's weight files and hyperparameters.
+
+One output policy for every method, here and nowhere else (`clip_output`): negative values are set to 0, since a
+magnitude image is non-negative; there is no upper bound, because the natural one (1) is the fully-sampled volume's
+maximum, which a reconstruction cannot know. Methods return their raw output.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ log = logging.getLogger("ldpm.reconstruct")
 Reconstructor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def clip_output(image: torch.Tensor) -> torch.Tensor:
+    """The clipping every method's reconstruction gets before it is saved (see the module docstring)."""
+    return image.clamp_min(0)
+
+
 def zero_filled(weights: dict[str, Path], hp: dict, device: torch.device) -> Reconstructor:
     return lambda x_u, k_u, mask: x_u
 
@@ -58,7 +67,8 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
             mask = masks[start:start + batch_size].to(dev)
             k_u, x_u = undersample(x, mask)
             with cost.measure(len(x), count_flops=start == 0, timed=start > 0 or len(starts) == 1):
-                out_images[start:start + len(x)] = run(x_u, k_u, mask)[:, 0].detach().float().cpu().numpy()
+                image = clip_output(run(x_u, k_u, mask).float())
+                out_images[start:start + len(x)] = image[:, 0].detach().cpu().numpy()
     log.info("%s: %d slices on %s, %s", method, len(images), dev, cost.summary())
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as fh:
         fh.create_dataset("recon", data=out_images)

@@ -3,10 +3,13 @@
 Entries are "module:function" strings, imported only when used, so `ldpm masks` does not pay for diffusers.
 
 Contracts (every entry follows them, so the CLI and the Snakemake rules have one code path):
-- trainer(inputs, out, ckpt_dir, hp, masks, seed, device) -> history. `inputs` maps names to files the stage
-  reads (e.g. {"train": "results/data/train.h5", "sketcher": ".../sketcher.safetensors"}); `out` is the final
-  safetensors file; `ckpt_dir` holds resumable checkpoints; `hp` is the model's config block; `masks` the
-  config's `masks.train` block (fresh masks per step; stages without masks ignore it).
+- trainer(inputs, out, ckpt_dir, hp, masks, seed, device, *, val_slices=32) -> history. `inputs` maps names to
+  files the stage reads (e.g. {"train": "results/data/train.h5", "val": "results/data/val.h5", "sketcher":
+  ".../sketcher.safetensors"}); `out` is the final safetensors file; `ckpt_dir` holds resumable checkpoints; `hp`
+  is the model's config block; `masks` the config's `masks.train` block (fresh masks per step; stages without
+  masks ignore it). Every epoch the stage is scored on at most `val_slices` evenly spaced slices of inputs["val"]
+  (none without it; 0 turns validation off), and it writes `ldpm.train.curve_path(out)`
+  (<out>.curve.csv: step, epoch, name, value) with its per-epoch training losses and validation numbers.
 - reconstructor factory(weights, hp, device) -> callable(x_u, k_u, mask) -> image, all (B, 1, H, W).
   `weights` maps names to files (empty for zero-filled).
 """

@@ -8,7 +8,13 @@ processes take the same optimiser steps as one process on the whole batch. Rank 
 Determinism and resume: batch order and masks come from generators seeded by (seed, epoch) and (seed, step),
 not from iterator state, so a job killed at step k and restarted from its last checkpoint draws exactly the
 batches an uninterrupted run would. Checkpoints hold state dicts and torch RNG state only and are loaded with
-`weights_only=True`. Final weights are written as safetensors.
+`weights_only=True`. Final weights are written as safetensors (`ldpm.weights.save_weights`).
+
+Validation: a stage may hand `Trainer.run` a `validate() -> {metric: value}` hook on a fixed validation set (fixed
+slices, masks and noise, so the curve is not noise). It runs on rank 0 at the end of every epoch and after the last
+step, under no_grad with the modules in eval mode and the RNG state restored afterwards (training draws the same
+numbers with or without it). Its rows live in the checkpoint like the loss history, and the run ends by writing
+`<out>.curve.csv` (see `curve_path`): per-epoch mean training losses and validation numbers, in long format.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ldpm import LdpmError
+from ldpm.io import atomic_output
 
 log = logging.getLogger("ldpm.train")
 
@@ -135,18 +142,33 @@ class EpochSampler:
         return np.sort(chunk)
 
 
+def curve_path(out: str | Path) -> Path:
+    """The training-curve CSV beside a stage's weights: results/models/unet.safetensors → unet.curve.csv."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".safetensors") + ".curve.csv")
+
+
+CURVE_COLUMNS = ["step", "epoch", "name", "value"]
+VAL_SLICES = 32  # default of the trainers' `val_slices` (config key validation_slices)
+
+
 class Trainer:
     """Runs `step_fn(step) -> {loss_name: value}` from the last checkpoint to `total_steps`.
 
-    `modules` and `optimizers` are everything whose state must survive a restart.
+    `modules` and `optimizers` are everything whose state must survive a restart. `steps_per_epoch` places the
+    validation points and groups the training losses of the curve (default: all steps are one epoch).
     """
 
     def __init__(self, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                 ckpt_dir: str | Path, total_steps: int, ckpt_every: int = 200, desc: str = "train"):
+                 ckpt_dir: str | Path, total_steps: int, ckpt_every: int = 200, desc: str = "train",
+                 steps_per_epoch: int | None = None):
         self.modules, self.optimizers = modules, optimizers
         self.ckpt_dir = Path(ckpt_dir)
         self.total_steps, self.ckpt_every, self.desc = total_steps, max(1, ckpt_every), desc
+        self.steps_per_epoch = max(1, steps_per_epoch or total_steps)
         self.history: list[dict[str, float]] = []
+        self.validation: list[dict[str, float]] = []  # {"step": steps done, "epoch": 1-based, metric: value, ...}
+        self.validation_seconds = 0.0
 
     @property
     def ckpt_path(self) -> Path:
@@ -166,6 +188,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
+            "validation": self.validation,
         }
         tmp = self.ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -185,14 +208,64 @@ class Trainer:
             o.load_state_dict(state["optimizers"][k])
         torch.set_rng_state(state["torch_rng"])
         self.history = list(state["history"])
+        self.validation = list(state.get("validation", []))  # checkpoints from before validation: none yet
         log.info("resumed %s from %s at step %d", self.desc, self.ckpt_path, state["step"])
         return int(state["step"])
 
-    def run(self, step_fn: Callable[[int], dict[str, float]]) -> list[dict[str, float]]:
+    def epoch_of(self, steps_done: int) -> int:
+        """1-based epoch that `steps_done` optimiser steps complete (or are inside of)."""
+        return max(1, math.ceil(steps_done / self.steps_per_epoch))
+
+    def _validate(self, validate: Callable[[], dict[str, float]], steps_done: int) -> None:
+        """One validation point: eval mode, no_grad, float32, RNG state (CPU and CUDA) restored afterwards."""
+        t0 = time.time()
+        dev = self._device()
+        for m in self.modules.values():
+            m.eval()
+        try:
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+                values = {k: float(v) for k, v in validate().items()}
+        finally:
+            for m in self.modules.values():
+                m.train()
+        self.validation.append({"step": steps_done, "epoch": self.epoch_of(steps_done), **values})
+        self.validation_seconds += time.time() - t0
+        log.info("%s validation epoch %d (step %d): %s", self.desc, self.epoch_of(steps_done), steps_done,
+                 " ".join(f"{k}={v:.5g}" for k, v in values.items()))
+
+    def curve(self) -> pd.DataFrame:
+        """Long format (step, epoch, name, value): `train_<loss>` = the epoch's mean over its steps, at the epoch's
+        last step; `val_<metric>` = each validation point."""
+        rows = []
+        if self.history:
+            hist = pd.DataFrame(self.history)
+            hist["epoch"] = hist["step"] // self.steps_per_epoch + 1
+            for epoch, group in hist.groupby("epoch", sort=True):
+                means = group.drop(columns=["step", "epoch"]).mean(numeric_only=True)
+                rows += [{"step": int(group["step"].max()) + 1, "epoch": int(epoch), "name": f"train_{k}",
+                          "value": float(v)} for k, v in means.items() if pd.notna(v)]
+        for point in self.validation:
+            rows += [{"step": int(point["step"]), "epoch": int(point["epoch"]), "name": f"val_{k}",
+                      "value": float(v)} for k, v in point.items() if k not in ("step", "epoch")]
+        frame = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+        return frame.sort_values(["step", "name"], kind="stable").reset_index(drop=True)
+
+    def write_curve(self, path: str | Path) -> None:
+        if not is_main_process():
+            return
+        with atomic_output(path) as tmp:
+            self.curve().to_csv(tmp, index=False, float_format="%.6g")
+
+    def run(self, step_fn: Callable[[int], dict[str, float]],
+            validate: Callable[[], dict[str, float]] | None = None,
+            curve: str | Path | None = None) -> list[dict[str, float]]:
+        """Train to total_steps; with `validate`, call it (rank 0) after every epoch and the last step; with
+        `curve`, write the training-curve CSV there at the end (rank 0)."""
         start = self.load_checkpoint()
         for m in self.modules.values():
             m.train()
         t0 = time.time()
+        self.validation_seconds = 0.0
         bar = tqdm(range(start, self.total_steps), desc=self.desc, initial=start, total=self.total_steps,
                    mininterval=2.0, disable=None if is_main_process() else True)
         for step in bar:
@@ -203,11 +276,19 @@ class Trainer:
                 msg = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
                 bar.set_postfix_str(msg)
                 log.info("%s step %d/%d %s", self.desc, step + 1, self.total_steps, msg)
-            if (step + 1) % self.ckpt_every == 0 or step + 1 == self.total_steps:
-                self.save_checkpoint(step + 1)
+            done = step + 1
+            if validate is not None and is_main_process() and (done % self.steps_per_epoch == 0
+                                                               or done == self.total_steps):
+                self._validate(validate, done)  # before the checkpoint, so a resumed run keeps this point
+            if done % self.ckpt_every == 0 or done == self.total_steps:
+                self.save_checkpoint(done)
         for m in self.modules.values():
             m.eval()
-        log.info("%s finished %d steps in %.1f s", self.desc, self.total_steps - start, time.time() - t0)
+        elapsed = time.time() - t0
+        log.info("%s finished %d steps in %.1f s (validation %.1f s)", self.desc, self.total_steps - start,
+                 elapsed, self.validation_seconds)
+        if curve is not None:
+            self.write_curve(curve)
         return self.history
 
 
@@ -216,14 +297,16 @@ def epoch_trainer(modules: dict[str, torch.nn.Module], optimizers: dict[str, tor
     """The sampler and Trainer of a stage that runs hp["epochs"] epochs of hp["batch_size"] over n_items."""
     sampler = EpochSampler(n_items, hp["batch_size"], seed)
     return sampler, Trainer(modules, optimizers, ckpt_dir, total_steps=hp["epochs"] * sampler.steps_per_epoch,
-                            ckpt_every=hp["ckpt_every"], desc=desc)
+                            ckpt_every=hp["ckpt_every"], desc=desc, steps_per_epoch=sampler.steps_per_epoch)
 
 
-def checkpoint_identity(model: str, inputs: dict[str, str], hp: dict, masks: dict, seed: int) -> dict:
-    """What a checkpoint belongs to: the stage, its settings and the sha256 of every input file."""
-    from ldpm.provenance import file_sha256  # cached in the inputs' sidecars, so big inputs are hashed once
+def checkpoint_identity(model: str, inputs: dict[str, str], hp: dict, masks: dict, seed: int,
+                        val_slices: int = VAL_SLICES) -> dict:
+    """What a checkpoint belongs to: the stage, its settings and the sha256 of every input file. The validation
+    set size counts too: the checkpoint carries the validation history, which must not mix two validation sets."""
+    from ldpm.provenance import file_sha256  # cached in the inputs' provenance records
 
-    return {"model": model, "hp": hp, "masks": masks, "seed": seed,
+    return {"model": model, "hp": hp, "masks": masks, "seed": seed, "val_slices": val_slices,
             "inputs": {name: file_sha256(path) for name, path in sorted(inputs.items())}}
 
 
@@ -242,26 +325,3 @@ def claim_checkpoint_dir(ckpt_dir: str | Path, identity: dict) -> None:
     tmp = record.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, record)
-
-
-def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Final weights as safetensors (contiguous, CPU copies; shared tensors are cloned); rank 0 only."""
-    if not is_main_process():
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    save_file(tensors, str(path), metadata=metadata)
-
-
-def load_weights(module: torch.nn.Module, path: str | Path, strict: bool = True) -> torch.nn.Module:
-    """Load safetensors weights; a missing or unreadable file is a one-line LdpmError naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise LdpmError(f"{path}: weights file not found; run the training rule that produces it first")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise LdpmError(f"{path}: not a readable safetensors file ({exc}); delete it and retrain") from None
-    module.load_state_dict(state, strict=strict)
-    return module

@@ -4,7 +4,10 @@ import shlex
 from pathlib import Path
 
 from ldpm import LdpmError
+from ldpm.code_version import code_version
 from ldpm.config import validate_config
+from ldpm.method import check_sd_dir
+from ldpm.stages import RECONSTRUCTORS, TRAINERS
 
 try:
     config.update(validate_config(config, Path(workflow.current_basedir) / "../schemas/config.schema.yaml"))
@@ -13,43 +16,227 @@ except LdpmError as exc:
     sys.exit(f"ldpm: error: {exc}")
 
 RESULTS = "results"
-SEED = config["seed"]
+LDPM_ENV = "../../envs/ldpm.yaml"  # every rule's conda environment (relative to the rules files)
+# Every test protocol is a (mask type, AF) pair, "{mask}_af{af}" in file names (e.g. random_af8).
+MASK_TYPES = config["masks"]["types"]
+AFS = config["masks"]["accelerations"]
+SEED = config["seed"]  # splits, test masks, bootstrap: one value per run
+# Every trained model, and the sampling of every method, runs once per training seed ("seed{seed}" in file names);
+# Table I reports mean ± sd over them. Fig 2-3 and the LDPM diagnostics show the first seed's models.
+SEEDS = config["training_seeds"]
+FIRST_SEED = SEEDS[0]
 # Config strings reach shell commands quoted, never as shell syntax (numbers are typed by the schema).
 DEVICE = shlex.quote(config["device"])
 MAIN_SPLIT = shlex.quote(config["main_split"])
 # Training jobs run data-parallel under torchrun when train_processes > 1 (see ldpm.train).
-TRAIN_LAUNCHER = ("ldpm" if config["train_processes"] == 1 else
+TRAIN_LAUNCHER = ("python -m ldpm" if config["train_processes"] == 1 else
                   f"torchrun --standalone --nproc_per_node {config['train_processes']} -m ldpm")
+# SLURM time limit of each training job, in minutes, at paper scale on one H100-class GPU (profiles/slurm): FLOPs per
+# training slice (bench P1's counts: SD VAE 1.4 TFLOP, SwinIR 2.5, MRCN 0.35, NCSN++ 2.05 forward) × 3 for the
+# backward × slices × epochs at ~100 TFLOP/s, then ×2 headroom. Estimates until benchmark files of a real run
+# (results/benchmarks/train_*.tsv) replace them; the rest (embedded stand-ins) take an hour.
+TRAIN_RUNTIME_MIN = {"ldpm_mrvae": 2160, "ldpm_mrcn": 1800, "ldpm_mrcn_no_mrvae": 1800, "ldpm_mrcn_no_skm": 1440,
+                     "ldpm_sketcher": 1800, "score_mri": 4320, "swinmr": 720, "unet": 360, "varnet": 720}
+TRAINER_MODULES = ["ldpm.stages", "ldpm.train", *sorted({entry.split(":")[0] for entry in TRAINERS.values()})]
+RECONSTRUCTOR_MODULES = ["ldpm.reconstruct", *sorted({entry.split(":")[0] for entry in RECONSTRUCTORS.values()})]
+
+
+def stage(*modules, launcher="python -m ldpm"):
+    """The start of a rule's shell command: `LDPM_CODE=<version> python -m ldpm `. The version hashes the source
+    of `modules` and of every ldpm module they import (ldpm.code_version), so Snakemake's `code` rerun trigger,
+    which compares shell text, reruns a stage whose code changed and no other. (`ldpm.cli` itself is left out: it
+    dispatches to every stage.) Opt out with `--rerun-triggers mtime params input software-env`."""
+    return f"LDPM_CODE={code_version(list(modules))} {launcher} "
 
 
 def as_json(value):
     """A config block as one shell-quoted JSON argument for the `ldpm` command line."""
-    return shlex.quote(json.dumps(value))
+    return shlex.quote(json.dumps(value, sort_keys=True))  # canonical: reordered YAML keys rerun nothing
 
 
 def raw_datasets():
-    """{name: {role, paths}}: generated directories for the embedded source, configured ones for fastMRI."""
+    """{name: {role, paths, ...}}: the generated directories of the embedded source (brain, ood), and every
+    configured folder (fastMRI source, or your own test data added to the embedded default)."""
     data = config["data"]
-    if data["source"] == "embedded":
-        return {name: {"role": spec["role"], "paths": [f"{RESULTS}/raw/embedded/{name}"]}
-                for name, spec in data["datasets"].items()}
-    return data["datasets"]
+    generated = {"brain", "ood"} if data["source"] == "embedded" else set()
+    return {name: spec | ({"paths": [f"{RESULTS}/raw/embedded/{name}"]} if name in generated else {})
+            for name, spec in data["datasets"].items()}
 
 
 # Registries the rules files fill in (one entry per model / method; see src/ldpm/stages.py for the contracts):
-# TRAIN[model] = {"inputs": {name: file}, "hp": config block}   -> rule train  -> results/models/{model}.safetensors
-# RECON[method] = {"weights": {name: file}, "hp": config block} -> rule reconstruct -> results/recon/{method}/af{af}.h5
+# TRAIN[model] = {"inputs": {name: file}, "hp": config block}
+#     -> rule train -> results/models/seed{seed}/{model}.safetensors
+# RECON[method] = {"weights": {name: file}, "hp": config block}
+#     -> rule reconstruct -> results/recon/{method}/seed{seed}/{mask}_af{af}.h5
+# File names in TRAIN / RECON may hold {seed}, {mask}, {af}: `for_job` fills them from the job's wildcards.
 # TARGETS: extra final outputs (tables, figures) that `rule all` requests.
 TRAIN = {}
 RECON = {}
 TARGETS = []
+# Files a stage reads through a path in its hp (SD-2-1-base's folder, VGG weights): declared inputs too, so replacing
+# one reruns its dependants. READS[model or method] = [file, ...]
+READS = {}
 TABLE1_NOTES = []  # per-method caveats printed under Table I (e.g. weights not trained here)
 
 
-def recon_weights(method, af):
-    """RECON[method]["weights"] for one AF: a file pattern with {af} (e.g. LDPM's tuned sampler) gets the AF."""
-    return {name: path.format(af=af) for name, path in RECON[method]["weights"].items()}
+def ordered(mapping):
+    """A config mapping whose order means something (test_splits: Table III's columns) as [key, value] pairs: as_json
+    sorts object keys, so reordering such a mapping must reach the params as a list to rerun its tables."""
+    return list(mapping.items())
+
+
+def for_job(files, w, **values):
+    """{name: file} with {seed} / {mask} / {af} filled from the job's wildcards `w` (and `values`, which win)."""
+    fill = dict(w.items()) | values
+    return {name: path.format(**fill) for name, path in files.items()}
+
+
+def recon_weights(method, w, **values):
+    """RECON[method]["weights"] for one job (e.g. the seed's models, the protocol's tuned sampler settings)."""
+    return for_job(RECON[method]["weights"], w, **values)
+
+
+def files_under(path):
+    """Every file below a configured folder (or the file itself): what a stage reading `path` depends on. A path that
+    does not exist is left for the stage's own one-line error."""
+    if not path:
+        return []
+    path = Path(path)
+    return sorted(str(f) for f in path.rglob("*") if f.is_file()) if path.is_dir() else [str(path)]
 
 
 def model_file(model):
-    return f"{RESULTS}/models/{model}.safetensors"
+    """The final weights of `model`, a pattern over the training seed."""
+    return f"{RESULTS}/models/seed{{seed}}/{model}.safetensors"
+
+
+# ------------------------------------------------------------------ baselines (baselines.smk)
+def without(block, *keys):
+    """A config block minus keys its training ignores: Snakemake reruns a job whose params change, so changing a
+    sampling setting must not retrain the model."""
+    return {k: v for k, v in block.items() if k not in keys}
+
+
+def official_weights(model):
+    """The local official fastMRI state dict of `model` (unet / varnet), checked before any job runs."""
+    path = config[model].get("weights")
+    if not path:
+        sys.exit(f"ldpm: error: config key {model}.weights: required when {model}.official is true; "
+                 f"set it to the local path of fastMRI's brain {model} state dict")
+    if model in config["methods"] and not Path(path).is_file():
+        sys.exit(f"ldpm: error: config key {model}.weights: {path} not found; put fastMRI's brain {model} "
+                 f"state dict there or fix the path")
+    return path
+
+
+# ------------------------------------------------------------------ LDPM (ldpm.smk)
+LDPM = config["ldpm"]
+try:
+    check_sd_dir(LDPM["sd_dir"])
+except LdpmError as exc:
+    sys.exit(f"ldpm: error: {exc}")
+
+# Natural-image patches default to the MRI image size, so the pretrained U-Net sees latents of the size it controls.
+LDPM_NATURAL = LDPM["natural"] | {"patch_size": LDPM["natural"]["patch_size"] or config["data"]["image_size"]}
+LDPM_TRAIN_H5 = f"{RESULTS}/data/train.h5"
+LDPM_DATA = {"train": LDPM_TRAIN_H5, "val": f"{RESULTS}/data/val.h5"}  # val: per-epoch training curves
+# The "SD" weights: files trained here at the embedded scale, nothing (read from sd_dir) at the paper scale.
+LDPM_PRETRAINED = {} if LDPM["sd_dir"] else {"natural_vae": model_file("ldpm_natural_vae"),
+                                             "natural_unet": model_file("ldpm_natural_unet")}
+LDPM_WEIGHTS = LDPM_PRETRAINED | {name: model_file(f"ldpm_{name}") for name in ("sketcher", "mrvae", "mrcn")}
+
+
+def ldpm_hp(*keys):
+    """Only the `ldpm` sub-blocks a stage uses: Snakemake reruns a job whose params change, so e.g. a sampler
+    setting must not retrain the models."""
+    return {key: LDPM_NATURAL if key == "natural" else LDPM[key] for key in keys}
+
+
+def ldpm_weights(*names):
+    return {name: LDPM_WEIGHTS[name] for name in names if name in LDPM_WEIGHTS}
+
+
+# Sampler settings the paper leaves open, chosen on the validation split per AF (ldpm.method.tuning); with an
+# empty grid the reconstructions use ldpm.sampler as it is and this file is not made.
+TUNED = f"{RESULTS}/ldpm/seed{{seed}}/sampler_{{mask}}_af{{af}}.json"
+TUNE = bool(LDPM["tuning"]["grid"])
+
+
+def ldpm_method_weights(names, mrcn="mrcn"):
+    weights = ldpm_weights(*names) | {"mrcn": LDPM_WEIGHTS[mrcn]}
+    return weights | ({"sampler_tuned": TUNED} if TUNE else {})
+
+
+# ------------------------------------------------------------------ evaluation (evaluate.smk)
+RECON_FILE = f"{RESULTS}/recon/{{method}}/seed{{seed}}/{{mask}}_af{{af}}.h5"
+VOLUME_METRICS = f"{RESULTS}/metrics/{{method}}/seed{{seed}}/{{mask}}_af{{af}}_volumes.csv"
+PERCEPTUAL = f"{RESULTS}/metrics/perceptual/seed{{seed}}/{{mask}}_af{{af}}.csv"
+
+
+def recon_files(w, seed=None, methods=None):
+    """The reconstructions of `methods` (default: config methods) for the job's protocol and one training seed."""
+    return expand(RECON_FILE, method=methods or config["methods"], seed=w.get("seed", seed), mask=w.mask, af=w.af)
+
+
+def volume_metrics(w, methods=None):
+    """Per-volume metrics of `methods` over every training seed: what the tables and statistics aggregate."""
+    return expand(VOLUME_METRICS, method=methods or config["methods"], seed=SEEDS, mask=w.mask, af=w.af)
+
+
+def caption(name):
+    return f"../report/{name}.rst"
+
+
+# ------------------------------------------------------------------ report (report.smk)
+def trained_models():
+    """The TRAIN models this run trains, in TRAIN order: those whose weights a run method (config `methods` and the
+    Table II ablations) reads, directly or through another model's inputs. Asking for the training curve of any
+    other TRAIN entry (e.g. the retrained-ablation MRCNs with ablations_mode: swap) would train it just for that."""
+    by_file = {model_file(m): m for m in TRAIN}
+    methods = [m for m in [*config["methods"], *LDPM["ablations"]] if m in RECON]
+    files = [f for m in methods for f in RECON[m]["weights"].values()]
+    needed = set()
+    while files:
+        model = by_file.get(files.pop())
+        if model is not None and model not in needed:
+            needed.add(model)
+            files += TRAIN[model]["inputs"].values()
+    return [m for m in TRAIN if m in needed]
+
+
+# ------------------------------------------------------------------ preprocessing shards (data.smk)
+def raw_inputs():
+    """The index's raw inputs: the generated directory (embedded source; one directory output, so a regeneration
+    reruns every shard) and every .h5 file of each configured folder (fastMRI source, or test data added to the
+    embedded default)."""
+    datasets = raw_datasets()
+    generated = [f"{RESULTS}/raw/embedded"] if config["data"]["source"] == "embedded" else []
+    folders = [d for spec in datasets.values() for d in spec["paths"] if not d.startswith(f"{RESULTS}/raw/embedded")]
+    return generated + sorted(str(f) for d in folders for f in Path(d).glob("*.h5"))
+
+
+_SHARD_PLAN = {}
+
+
+def shard_plan():
+    """{shard: (volumes, paths, sha256 of their index rows)} from the finished index, as `ldpm split` plans it;
+    read once per version of index.csv (every shard job's input and params ask for it)."""
+    from ldpm.data.preprocess import plan_shards, read_index_text, shard_rows_sha256
+
+    path = checkpoints.index.get().output[0]
+    key = (path, Path(path).stat().st_mtime_ns, config["data"]["shard_size"])
+    if key not in _SHARD_PLAN:
+        index = read_index_text(path)
+        plan = {}
+        for shard, rows in index.groupby(plan_shards(index, config["data"]["shard_size"]).values, sort=False):
+            volumes = rows["volume"].tolist()
+            plan[shard] = (volumes, rows["path"].tolist(), shard_rows_sha256(index, volumes))
+        _SHARD_PLAN.clear()
+        _SHARD_PLAN[key] = plan
+    return _SHARD_PLAN[key]
+
+
+def shard_raw(wildcards):
+    """The raw files a shard reads; a generated file is represented by its directory (a directory output)."""
+    generated = f"{RESULTS}/raw/embedded"
+    return sorted({generated if p.startswith(generated + "/") else p for p in shard_plan()[wildcards.shard][1]})

@@ -1,71 +1,66 @@
-# Reconstruction of the test set per (method, AF), metrics, perceptual metrics, tables, statistics, Fig 2,
-# provenance audits. Outputs marked report(...) appear in `snakemake --report results/snakemake_report.html`.
-import hashlib
-import os
-
+# Reconstruction of the test set per (method, training seed, mask type, AF), metrics, perceptual metrics, tables,
+# statistics, Fig 2, provenance audits. Outputs marked report(...) appear in `snakemake --report`.
+# Every value a job depends on reaches its shell through input: or params:, so Snakemake reruns what changed.
 from ldpm.evaluate.perceptual import present_weights
+from ldpm.provenance import export_config_hash
 
 RECON["zero_filled"] = {"weights": {}, "hp": {}}
 EVAL = config["evaluation"]
-WEIGHTS_DIR = shlex.quote(EVAL["weights_dir"])
-AFS = config["masks"]["accelerations"]
+MAIN_FILTER = config["test_splits"][config["main_split"]]
 
-# Every `ldpm` stage copies this hash of the validated config into its provenance sidecars. It reaches the jobs
-# through the environment, not params, so it never triggers a rerun by itself.
-os.environ["LDPM_CONFIG_SHA256"] = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+# Every `ldpm` stage copies this hash of the validated config into its provenance records (through the
+# environment, so it never triggers a rerun by itself).
+export_config_hash(config)
 
-TARGETS += expand(f"{RESULTS}/tables/stats_af{{af}}.{{ext}}", af=AFS, ext=["csv", "md"])
-TARGETS += expand(f"{RESULTS}/provenance/audit_af{{af}}.txt", af=AFS)
-
-
-def recon_files(af):
-    return expand(f"{RESULTS}/recon/{{method}}/af{af}.h5", method=config["methods"])
-
-
-def volume_metrics(af):
-    return expand(f"{RESULTS}/metrics/{{method}}/af{af}_volumes.csv", method=config["methods"])
-
-
-def caption(name):
-    return f"../report/{name}.rst"
-
+TARGETS += expand(f"{RESULTS}/tables/stats_{{mask}}_af{{af}}.{{ext}}", mask=MASK_TYPES, af=AFS, ext=["csv", "md"])
+TARGETS += expand(f"{RESULTS}/provenance/audit_{{mask}}_af{{af}}.txt", mask=MASK_TYPES, af=AFS)
 
 rule reconstruct:
     input:
-        unpack(lambda w: recon_weights(w.method, w.af)),
+        unpack(lambda w: recon_weights(w.method, w)),
+        reads=lambda w: READS.get(w.method, []),
         h5=f"{RESULTS}/data/test.h5",
         csv=f"{RESULTS}/data/test.csv",
-        masks=f"{RESULTS}/masks/af{{af}}.npz",
+        masks=f"{RESULTS}/masks/{{mask}}_af{{af}}.npz",
     output:
-        f"{RESULTS}/recon/{{method}}/af{{af}}.h5",
+        RECON_FILE,
     log:
-        f"{RESULTS}/logs/reconstruct_{{method}}_af{{af}}.log",
-    wildcard_constraints:
-        method="[a-z0-9_]+",
+        f"{RESULTS}/logs/reconstruct_{{method}}_seed{{seed}}_{{mask}}_af{{af}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/reconstruct_{{method}}_seed{{seed}}_{{mask}}_af{{af}}.tsv"
     threads: workflow.cores
     params:
-        weights=lambda w: as_json(recon_weights(w.method, w.af)),
+        weights=lambda w: as_json(recon_weights(w.method, w)),
         hp=lambda w: as_json(RECON[w.method]["hp"]),
+        seed=lambda w: int(w.seed),  # sampling noise of the stochastic methods: the training seed
+        device=DEVICE,
+    conda:
+        LDPM_ENV
     shell:
-        "ldpm reconstruct {wildcards.method} --test-h5 {input.h5} --test-csv {input.csv} --masks {input.masks} "
-        "--weights {params.weights} --hp {params.hp} --seed {SEED} --device {DEVICE} --out {output} > {log} 2>&1"
+        stage(*RECONSTRUCTOR_MODULES) + "reconstruct {wildcards.method} --test-h5 {input.h5} --test-csv {input.csv} "
+        "--masks {input.masks} "
+        "--weights {params.weights} --hp {params.hp} --seed {params.seed} --device {params.device} --out {output} "
+        "> {log} 2>&1"
 
 
 rule metrics:
     input:
         h5=f"{RESULTS}/data/test.h5",
         csv=f"{RESULTS}/data/test.csv",
-        recon=f"{RESULTS}/recon/{{method}}/af{{af}}.h5",
-        masks=f"{RESULTS}/masks/af{{af}}.npz",
+        recon=RECON_FILE,
+        masks=f"{RESULTS}/masks/{{mask}}_af{{af}}.npz",
     output:
-        volumes=f"{RESULTS}/metrics/{{method}}/af{{af}}_volumes.csv",
-        slices=f"{RESULTS}/metrics/{{method}}/af{{af}}_slices.csv",
+        volumes=VOLUME_METRICS,
+        slices=f"{RESULTS}/metrics/{{method}}/seed{{seed}}/{{mask}}_af{{af}}_slices.csv",
     log:
-        f"{RESULTS}/logs/metrics_{{method}}_af{{af}}.log",
+        f"{RESULTS}/logs/metrics_{{method}}_seed{{seed}}_{{mask}}_af{{af}}.log",
+    conda:
+        LDPM_ENV
     shell:
-        "ldpm metrics --test-h5 {input.h5} --test-csv {input.csv} --recon {input.recon} --masks {input.masks} "
-        "--method {wildcards.method} --acceleration {wildcards.af} --out-volumes {output.volumes} "
-        "--out-slices {output.slices} > {log} 2>&1"
+        stage("ldpm.evaluate.metrics") + "metrics --test-h5 {input.h5} --test-csv {input.csv} --recon {input.recon} "
+        "--masks {input.masks} "
+        "--method {wildcards.method} --acceleration {wildcards.af} --training-seed {wildcards.seed} "
+        "--out-volumes {output.volumes} --out-slices {output.slices} > {log} 2>&1"
 
 
 rule perceptual:
@@ -74,100 +69,130 @@ rule perceptual:
         weights=present_weights(EVAL["weights_dir"], EVAL["use_hub_cache"]),
         h5=f"{RESULTS}/data/test.h5",
         csv=f"{RESULTS}/data/test.csv",
-        recon=lambda w: recon_files(w.af),
+        recon=lambda w: recon_files(w),
     output:
-        f"{RESULTS}/metrics/perceptual_af{{af}}.csv",
+        PERCEPTUAL,
     log:
-        f"{RESULTS}/logs/perceptual_af{{af}}.log",
+        f"{RESULTS}/logs/perceptual_seed{{seed}}_{{mask}}_af{{af}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/perceptual_seed{{seed}}_{{mask}}_af{{af}}.tsv"
     threads: workflow.cores
     params:
         methods=" ".join(config["methods"]),
-        split=as_json(config["test_splits"][config["main_split"]]),
+        split=as_json(MAIN_FILTER),
+        split_name=MAIN_SPLIT,
+        weights_dir=shlex.quote(EVAL["weights_dir"]),
         hub="" if EVAL["use_hub_cache"] else "--no-hub-cache",
+        seed=SEED,
+        device=DEVICE,
+    conda:
+        LDPM_ENV
     shell:
-        "ldpm perceptual --test-h5 {input.h5} --test-csv {input.csv} --methods {params.methods} "
-        "--recon {input.recon} --split-filter {params.split} --split-name {MAIN_SPLIT} "
-        "--weights-dir {WEIGHTS_DIR} {params.hub} --seed {SEED} --device {DEVICE} --out {output} > {log} 2>&1"
+        stage("ldpm.evaluate.perceptual") + "perceptual --test-h5 {input.h5} --test-csv {input.csv} --methods "
+        "{params.methods} "
+        "--recon {input.recon} --split-filter {params.split} --split-name {params.split_name} "
+        "--weights-dir {params.weights_dir} {params.hub} --training-seed {wildcards.seed} --seed {params.seed} "
+        "--device {params.device} --out {output} > {log} 2>&1"
 
 
 rule tables:
     input:
-        metrics=lambda w: volume_metrics(w.af),
-        perceptual=f"{RESULTS}/metrics/perceptual_af{{af}}.csv",
-        recon=lambda w: recon_files(w.af),
+        metrics=lambda w: volume_metrics(w),
+        perceptual=expand(PERCEPTUAL, seed=SEEDS, allow_missing=True),
+        recon=lambda w: recon_files(w, seed=FIRST_SEED),  # compute cost: measured on the first seed's jobs
     output:
-        table1=report(f"{RESULTS}/tables/table1_af{{af}}.csv", caption=caption("table1"), category="Tables",
-                      labels={"table": "Table I", "AF": "{af}"}),
-        table1_md=report(f"{RESULTS}/tables/table1_af{{af}}.md", caption=caption("table1"), category="Tables",
-                         labels={"table": "Table I (md, with footnotes)", "AF": "{af}"}),
-        table3=report(f"{RESULTS}/tables/table3_af{{af}}.csv", caption=caption("table3"), category="Tables",
-                      labels={"table": "Table III", "AF": "{af}"}),
-        compute=report(f"{RESULTS}/tables/compute_af{{af}}.md", caption=caption("compute"), category="Tables",
-                       labels={"table": "Compute cost", "AF": "{af}"}),
-        other=expand(f"{RESULTS}/tables/{{name}}_af{{{{af}}}}.{{ext}}", name=["table1", "table3"], ext=["tex"])
-        + expand(f"{RESULTS}/tables/compute_af{{{{af}}}}.{{ext}}", ext=["csv", "tex"])
-        + [f"{RESULTS}/tables/table3_af{{af}}.md"],
+        table1=report(f"{RESULTS}/tables/table1_{{mask}}_af{{af}}.csv", caption=caption("table1"), category="Tables",
+                      labels={"table": "Table I", "masks": "{mask}", "AF": "{af}"}),
+        table1_md=report(f"{RESULTS}/tables/table1_{{mask}}_af{{af}}.md", caption=caption("table1"),
+                         category="Tables", labels={"table": "Table I (md)", "masks": "{mask}", "AF": "{af}"}),
+        table3=report(f"{RESULTS}/tables/table3_{{mask}}_af{{af}}.csv", caption=caption("table3"), category="Tables",
+                      labels={"table": "Table III", "masks": "{mask}", "AF": "{af}"}),
+        compute=report(f"{RESULTS}/tables/compute_{{mask}}_af{{af}}.md", caption=caption("compute"),
+                       category="Tables", labels={"table": "Compute cost", "masks": "{mask}", "AF": "{af}"}),
+        other=expand(f"{RESULTS}/tables/{{name}}_{{{{mask}}}}_af{{{{af}}}}.tex", name=["table1", "table3"])
+        + expand(f"{RESULTS}/tables/compute_{{{{mask}}}}_af{{{{af}}}}.{{ext}}", ext=["csv", "tex"])
+        + [f"{RESULTS}/tables/table3_{{mask}}_af{{af}}.md"],
     log:
-        f"{RESULTS}/logs/tables_af{{af}}.log",
+        f"{RESULTS}/logs/tables_{{mask}}_af{{af}}.log",
     params:
         methods=as_json(config["methods"]),
-        splits=as_json(config["test_splits"]),
-        notes=lambda w: as_json(TABLE1_NOTES),
+        splits=as_json(ordered(config["test_splits"])),
+        main_split=MAIN_SPLIT,
+        notes=lambda w: as_json(TABLE1_NOTES),  # filled by baselines.smk, included after this file
+        out_dir=lambda w, output: str(Path(output.table1).parent),
+    conda:
+        LDPM_ENV
     shell:
-        "ldpm tables --metrics {input.metrics} --perceptual {input.perceptual} --methods {params.methods} "
-        "--test-splits {params.splits} --main-split {MAIN_SPLIT} --acceleration {wildcards.af} "
-        "--recon {input.recon} --notes {params.notes} --out-dir {RESULTS}/tables > {log} 2>&1"
+        stage("ldpm.evaluate.tables") + "tables --metrics {input.metrics} --perceptual {input.perceptual} --methods "
+        "{params.methods} "
+        "--test-splits {params.splits} --main-split {params.main_split} --mask-type {wildcards.mask} "
+        "--acceleration {wildcards.af} --recon {input.recon} --notes {params.notes} --out-dir {params.out_dir} "
+        "> {log} 2>&1"
 
 
 rule stats:
     input:
-        lambda w: volume_metrics(w.af),
+        lambda w: volume_metrics(w),
     output:
-        csv=report(f"{RESULTS}/tables/stats_af{{af}}.csv", caption=caption("stats"), category="Tables",
-                   labels={"table": "Statistics", "AF": "{af}"}),
-        md=report(f"{RESULTS}/tables/stats_af{{af}}.md", caption=caption("stats"), category="Tables",
-                  labels={"table": "Statistics (md, with tests)", "AF": "{af}"}),
+        csv=report(f"{RESULTS}/tables/stats_{{mask}}_af{{af}}.csv", caption=caption("stats"), category="Tables",
+                   labels={"table": "Statistics", "masks": "{mask}", "AF": "{af}"}),
+        md=report(f"{RESULTS}/tables/stats_{{mask}}_af{{af}}.md", caption=caption("stats"), category="Tables",
+                  labels={"table": "Statistics (md)", "masks": "{mask}", "AF": "{af}"}),
     log:
-        f"{RESULTS}/logs/stats_af{{af}}.log",
+        f"{RESULTS}/logs/stats_{{mask}}_af{{af}}.log",
     params:
         methods=as_json(config["methods"]),
-        split=as_json(config["test_splits"][config["main_split"]]),
+        split=as_json(MAIN_FILTER),
+        n_boot=EVAL["bootstrap_samples"],
+        confidence=EVAL["confidence"],
+        seed=SEED,
+        stem=lambda w: f"{RESULTS}/tables/stats_{w.mask}_af{w.af}",
+    conda:
+        LDPM_ENV
     shell:
-        "ldpm stats --metrics {input} --methods {params.methods} --split-filter {params.split} "
-        "--acceleration {wildcards.af} --n-boot {EVAL[bootstrap_samples]} --confidence {EVAL[confidence]} "
-        "--seed {SEED} --out-stem {RESULTS}/tables/stats_af{wildcards.af} > {log} 2>&1"
+        stage("ldpm.evaluate.stats") + "stats --metrics {input} --methods {params.methods} --split-filter "
+        "{params.split} "
+        "--mask-type {wildcards.mask} --acceleration {wildcards.af} --n-boot {params.n_boot} "
+        "--confidence {params.confidence} --seed {params.seed} --out-stem {params.stem} > {log} 2>&1"
 
 
 rule figure2:
     input:
         h5=f"{RESULTS}/data/test.h5",
         csv=f"{RESULTS}/data/test.csv",
-        zero_filled=f"{RESULTS}/recon/zero_filled/af{{af}}.h5",
-        recon=lambda w: recon_files(w.af),
+        zero_filled=lambda w: recon_files(w, seed=FIRST_SEED, methods=["zero_filled"]),
+        recon=lambda w: recon_files(w, seed=FIRST_SEED),
     output:
-        report(f"{RESULTS}/figures/fig2_af{{af}}.png", caption=caption("figure2"), category="Figures",
-               labels={"figure": "Fig 2", "AF": "{af}"}),
+        report(f"{RESULTS}/figures/fig2_{{mask}}_af{{af}}.png", caption=caption("figure2"), category="Figures",
+               labels={"figure": "Fig 2", "masks": "{mask}", "AF": "{af}"}),
     log:
-        f"{RESULTS}/logs/figure2_af{{af}}.log",
+        f"{RESULTS}/logs/figure2_{{mask}}_af{{af}}.log",
     params:
         methods=" ".join(config["methods"]),
-        split=as_json(config["test_splits"][config["main_split"]]),
+        split=as_json(MAIN_FILTER),
+        n_examples=EVAL["figure_examples"],
+    conda:
+        LDPM_ENV
     shell:
-        "ldpm figure2 --test-h5 {input.h5} --test-csv {input.csv} --methods {params.methods} --recon {input.recon} "
-        "--zero-filled {input.zero_filled} --split-filter {params.split} --n-examples {EVAL[figure_examples]} "
+        stage("ldpm.evaluate.figures") + "figure2 --test-h5 {input.h5} --test-csv {input.csv} --methods "
+        "{params.methods} --recon {input.recon} "
+        "--zero-filled {input.zero_filled} --split-filter {params.split} --n-examples {params.n_examples} "
         "--out {output} > {log} 2>&1"
 
 
 rule audit:
     input:
-        table1=f"{RESULTS}/tables/table1_af{{af}}.csv",
-        table3=f"{RESULTS}/tables/table3_af{{af}}.csv",
-        stats=f"{RESULTS}/tables/stats_af{{af}}.csv",
-        figure=f"{RESULTS}/figures/fig2_af{{af}}.png",
+        table1=f"{RESULTS}/tables/table1_{{mask}}_af{{af}}.csv",
+        table3=f"{RESULTS}/tables/table3_{{mask}}_af{{af}}.csv",
+        stats=f"{RESULTS}/tables/stats_{{mask}}_af{{af}}.csv",
+        figure=f"{RESULTS}/figures/fig2_{{mask}}_af{{af}}.png",
     output:
-        report(f"{RESULTS}/provenance/audit_af{{af}}.txt", caption=caption("audit"), category="Provenance",
-               labels={"audit": "tables and Fig 2", "AF": "{af}"}),
+        report(f"{RESULTS}/provenance/audit_{{mask}}_af{{af}}.txt", caption=caption("audit"), category="Provenance",
+               labels={"audit": "tables and Fig 2", "masks": "{mask}", "AF": "{af}"}),
     log:
-        f"{RESULTS}/logs/audit_af{{af}}.log",
+        f"{RESULTS}/logs/audit_{{mask}}_af{{af}}.log",
+    conda:
+        LDPM_ENV
     shell:
-        "ldpm audit {input.table1} {input.table3} {input.stats} {input.figure} --out {output} > {log} 2>&1"
+        stage("ldpm.provenance") + "audit {input.table1} {input.table3} {input.stats} {input.figure} --out {output} > "
+        "{log} 2>&1"

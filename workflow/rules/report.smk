@@ -2,23 +2,41 @@
 # `rule all`). `snakemake --report results/snakemake_report.html` adds Snakemake's per-rule code, params and times.
 
 REPORT_TABLES = [
-    f"{RESULTS}/tables/{name}_af{af}.md"
+    f"{RESULTS}/tables/{name}_{mask}_af{af}.md"
+    for mask in MASK_TYPES
     for af in AFS
     for name in ["table1", "table2", "table3", "stats", "compute", "ldpm_diagnostics"]
 ] + [f"{RESULTS}/tables/fig3_vae.csv"]
-REPORT_FIGURES = [f"{RESULTS}/figures/fig2_af{af}.png" for af in AFS] + [f"{RESULTS}/figures/fig3.png"]
+REPORT_FIGURES = [f"{RESULTS}/figures/fig2_{mask}_af{af}.png" for mask in MASK_TYPES for af in AFS]
+REPORT_FIGURES += [f"{RESULTS}/figures/fig3.png"]
 TARGETS.append(f"{RESULTS}/report.html")
+
+
+REPORT_FIGURES += [f"{RESULTS}/figures/training/seed{FIRST_SEED}/{model}.png" for model in trained_models()]
 
 
 rule html_report:
     input:
         tables=REPORT_TABLES,
         figures=REPORT_FIGURES,
-        audits=expand(f"{RESULTS}/provenance/audit_af{{af}}.txt", af=AFS),
+        audits=expand(f"{RESULTS}/provenance/audit_{{mask}}_af{{af}}.txt", mask=MASK_TYPES, af=AFS),
+        splits=expand(f"{RESULTS}/data/{{split}}.csv", split=["train", "val", "test"]),
+        table3=expand(f"{RESULTS}/tables/table3_{{mask}}_af{{af}}.csv", mask=MASK_TYPES, af=AFS),
     output:
-        f"{RESULTS}/report.html",
+        report(f"{RESULTS}/report.html", caption="../report/report.rst", category="Report",
+               labels={"page": "results/report.html"}),
     log:
         f"{RESULTS}/logs/report.log",
+    params:
+        source=config["data"]["source"],
+        main_split=MAIN_SPLIT,
+        # Table III columns whose data is another anatomy: the test splits that select an `ood` dataset
+        ood=as_json([name for name, where in config["test_splits"].items()
+                     if config["data"]["datasets"].get(where.get("dataset"), {}).get("role") == "ood"]),
+    conda:
+        LDPM_ENV
     shell:
-        "ldpm report --tables {input.tables} --figures {input.figures} --texts {input.audits} --out {output} "
-        "> {log} 2>&1"
+        stage("ldpm.evaluate.report") + "report --tables {input.tables} --figures {input.figures} --texts "
+        "{input.audits} "
+        "--splits {input.splits} --source {params.source} --table3 {input.table3} --main-split {params.main_split} "
+        "--ood-splits {params.ood} --out {output} > {log} 2>&1"

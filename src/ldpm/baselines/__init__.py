@@ -2,20 +2,99 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 import torch
 
-from ldpm.data.masks import batch_masks
+from ldpm.data.masks import batch_masks, sample_mask
+from ldpm.io import SliceFile, read_images, stable_seed
 from ldpm.physics import undersample
 from ldpm.train import EpochSampler, shard, step_rng
 
+log = logging.getLogger("ldpm.validation")
 
-def undersampled_batch(images: torch.Tensor, sampler: EpochSampler, step: int, seed: int, masks_cfg: dict,
+
+def undersampled_batch(images: SliceFile | torch.Tensor, sampler: EpochSampler, step: int, seed: int, masks_cfg: dict,
                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training batch `step` as (x, mask, k_u, x_u), all (B, 1, ...) on `device`: the images of the sampler's batch
-    and their measurement under fresh masks drawn from (seed, step), so a resumed run sees the same masks.
+    (read from the training file only now, `ldpm.io.SliceFile`) and their measurement under fresh masks drawn from
+    (seed, step), so a resumed run sees the same masks.
     Under torchrun this process's slice of that global batch (`ldpm.train.shard`)."""
     x = images[sampler.batch(step)][:, None].to(device)
     mask = batch_masks(step_rng(seed, 1, step), len(x), x.shape[-1], masks_cfg["accelerations"],
-                       masks_cfg["center_fractions"]).to(device)
+                       masks_cfg["center_fractions"], masks_cfg.get("type", "random")).to(device)
     k_u, x_u = undersample(x, mask)
     return shard(x, mask, k_u, x_u)
+
+
+# ------------------------------------------------------------------------------------------- validation
+@dataclass
+class ValidationSet:
+    """Fixed validation measurements, all (N, 1, ...) on the training device: the same every epoch."""
+
+    index: np.ndarray  # rows of the validation file
+    x: torch.Tensor
+    mask: torch.Tensor
+    k_u: torch.Tensor
+    x_u: torch.Tensor
+
+    def chunks(self, size: int):
+        """(x, mask, k_u, x_u) in chunks of at most `size` slices, in order."""
+        for i in range(0, len(self.x), max(1, size)):
+            yield self.x[i:i + size], self.mask[i:i + size], self.k_u[i:i + size], self.x_u[i:i + size]
+
+
+def evenly_spaced(n_items: int, n: int) -> np.ndarray:
+    """At most n distinct indices spread evenly over range(n_items) (all of them when n >= n_items)."""
+    if n <= 0 or n_items == 0:
+        return np.zeros(0, dtype=int)
+    return np.unique(np.linspace(0, n_items - 1, min(n, n_items)).round().astype(int))
+
+
+def validation_images(inputs: dict, n_slices: int, stage: str,
+                      what: str = "") -> tuple[np.ndarray, torch.Tensor] | None:
+    """(rows, images (N, 1, H, W) on the CPU): at most `n_slices` evenly spaced slices of inputs["val"]; None
+    (logged) without a validation file or with n_slices = 0."""
+    if "val" not in inputs or n_slices <= 0:
+        log.info("%s: no validation (%s)", stage, "validation_slices is 0" if n_slices <= 0 else
+                 "no validation file among the inputs")
+        return None
+    images = read_images(inputs["val"])
+    index = evenly_spaced(len(images), n_slices)
+    log.info("%s: validating on %d of %d slices of %s%s", stage, len(index), len(images), inputs["val"], what)
+    return index, torch.from_numpy(images[index])[:, None]
+
+
+def validation_set(inputs: dict, n_slices: int, seed: int, masks_cfg: dict, device: torch.device,
+                   stage: str) -> ValidationSet | None:
+    """`validation_images`, each slice with its own fixed mask of the training mask type, drawn from the first
+    (AF, centre fraction) pair of the training masks and seeded by stable_seed(seed, "val", slice row)."""
+    af, cf, kind = masks_cfg["accelerations"][0], masks_cfg["center_fractions"][0], masks_cfg.get("type", "random")
+    picked = validation_images(inputs, n_slices, stage, f" (fixed {kind} masks, AF {af}, centre fraction {cf})")
+    if picked is None:
+        return None
+    index, x = picked
+    mask = torch.from_numpy(np.stack([sample_mask(x.shape[-1], af, cf, stable_seed(seed, "val", int(i)), kind)
+                                      for i in index])).float()[:, None, None, :]
+    k_u, x_u = undersample(x, mask)
+    return ValidationSet(index, *(t.to(device) for t in (x, mask, k_u, x_u)))
+
+
+def psnr_ssim(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Mean over slices (N, H, W) of fastMRI's PSNR and SSIM, data range = each target slice's maximum."""
+    from fastmri import evaluate as fm
+
+    gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
+    psnr = [float(fm.psnr(g, p, float(g.max()))) for g, p in zip(gt, pred)]
+    ssim = [float(fm.ssim(g[None], p[None], float(g.max())).item()) for g, p in zip(gt, pred)]
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
+
+
+def reconstruction_metrics(recon: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                           val: ValidationSet, batch_size: int) -> dict[str, float]:
+    """PSNR / SSIM of `recon(x_u, k_u, mask) -> (B, 1, H, W)` on the validation set (see psnr_ssim)."""
+    preds = [recon(x_u, k_u, mask).float().cpu() for _, mask, k_u, x_u in val.chunks(batch_size)]
+    return psnr_ssim(val.x[:, 0].cpu().numpy(), torch.cat(preds)[:, 0].numpy())

@@ -28,10 +28,12 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from ldpm import LdpmError
-from ldpm.io import read_images
+from ldpm.baselines import validation_images
+from ldpm.io import SliceFile, stable_seed
 from ldpm.physics import fft2, ifft2
-from ldpm.train import (data_parallel, epoch_trainer, load_weights, optimizer_step, resolve_device,
-                        save_weights, seed_everything, shard, step_rng)
+from ldpm.train import (VAL_SLICES, curve_path, data_parallel, epoch_trainer, optimizer_step, resolve_device,
+                        seed_everything, shard, step_rng)
+from ldpm.weights import load_weights, save_weights
 
 log = logging.getLogger("ldpm.score_mri")
 
@@ -98,17 +100,21 @@ def dsm_loss(score_fn, x: torch.Tensor, sigma_min: float, sigma_max: float,
 
 
 def train_score_mri(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
-                    seed: int, device: str = "auto") -> list[dict]:
+                    seed: int, device: str = "auto", *, val_slices: int = VAL_SLICES) -> list[dict]:
     """Unconditional score model on the training magnitudes (masks_cfg unused: the measurement enters only at
     sampling).
 
     hp: model (config name), sigma_min, sigma_max, lr, batch_size, epochs, ckpt_every, and optionally warmup
     (linear lr warm-up steps, Score-MRI 5000), grad_clip (Score-MRI 1.0), ema_decay (Score-MRI 0.999). The EMA
     weights are the ones written to `out`; the architecture and σ range go into its metadata.
+
+    Validation (with inputs["val"]): the DSM loss of the EMA weights (the ones written) on at most `val_slices`
+    evenly spaced validation slices, in chunks of batch_size whose t and z come from a generator seeded by (seed,
+    chunk), so every epoch scores the same noisy inputs.
     """
     seed_everything(seed)
     dev = resolve_device(device)
-    images = torch.from_numpy(read_images(inputs["train"]))
+    images = SliceFile(inputs["train"])  # read per batch
     model = build_score_model(hp["model"], images.shape[-1]).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
@@ -131,7 +137,21 @@ def train_score_mri(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Pat
                 pe.lerp_(pm, 1 - decay)
         return {"dsm": loss.item()}
 
-    history = trainer.run(step)
+    validate = None
+    picked = validation_images(inputs, val_slices, "score_mri", " (DSM loss of the EMA weights, fixed t and z)")
+    if picked is not None:
+        val_x = picked[1].to(dev)
+
+        def validate() -> dict[str, float]:
+            total, size = 0.0, hp["batch_size"]
+            for j in range(0, len(val_x), size):  # t and z of chunk j: a generator seeded by (seed, "val", j)
+                chunk = val_x[j:j + size]
+                gen = torch.Generator().manual_seed(stable_seed(seed, "val", j))
+                total += len(chunk) * float(dsm_loss(lambda xs, s: ema(xs, s).sample, chunk, hp["sigma_min"],
+                                                     hp["sigma_max"], gen))
+            return {"dsm": total / len(val_x)}
+
+    history = trainer.run(step, validate, curve_path(out))
     save_weights(ema, out, metadata={"method": "score_mri", "seed": str(seed), "model": hp["model"],
                                      "unet_config": json.dumps(dict(ema.config)),
                                      "sigma_min": str(hp["sigma_min"]), "sigma_max": str(hp["sigma_max"])})
@@ -171,10 +191,9 @@ def make_scheduler(n_steps: int, snr: float, n_corrector: int, sigma_min: float,
 @torch.no_grad()
 def score_mri_sample(model: UNet2DModel, k_u: torch.Tensor, mask: torch.Tensor, *, n_steps: int, snr: float,
                      n_corrector: int = 1, sigma_min: float = 0.01, sigma_max: float = 378.0,
-                     generator: torch.Generator | None = None, clamp: bool = True, progress: bool = True,
-                     ) -> torch.Tensor:
-    """PC sampling with DC after every corrector and predictor step; returns (B,1,H,W), clamped to [0,1] only at
-    the end (clamp=False returns the last DC'd noise-free predictor mean, for tests). `generator` is a CPU
+                     generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
+    """PC sampling with DC after every corrector and predictor step; returns (B,1,H,W), the last DC'd noise-free
+    predictor mean, unclipped (every method's output is clipped alike in `ldpm.reconstruct`). `generator` is a CPU
     generator (diffusers draws the corrector's noise on the CPU)."""
     k_u = k_u.to(torch.complex64)
     sched = make_scheduler(n_steps, snr, n_corrector, sigma_min, sigma_max)
@@ -191,7 +210,7 @@ def score_mri_sample(model: UNet2DModel, k_u: torch.Tensor, mask: torch.Tensor, 
         out = sched.step_pred(model(x, sigma).sample, t, x, generator=generator)
         x = data_consistency_real(out.prev_sample, k_u, mask)
         x_mean = data_consistency_real(out.prev_sample_mean, k_u, mask)  # noise-free: returned after the last step
-    return x_mean.clamp(0, 1) if clamp else x_mean
+    return x_mean
 
 
 def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):

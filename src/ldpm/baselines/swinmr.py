@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldpm import LdpmError
-from ldpm.baselines import undersampled_batch
-from ldpm.io import read_images
+from ldpm.baselines import reconstruction_metrics, undersampled_batch, validation_set
+from ldpm.io import SliceFile
 from ldpm.losses import VGGPerceptual, charbonnier
 from ldpm.models.swinir import SwinIR, build_swinir
-from ldpm.train import (data_parallel, epoch_trainer, load_weights, optimizer_step, resolve_device,
-                        save_weights, seed_everything, step_rng)
+from ldpm.train import (VAL_SLICES, curve_path, data_parallel, epoch_trainer, optimizer_step, resolve_device,
+                        seed_everything, step_rng)
+from ldpm.weights import load_weights, save_weights
 
 log = logging.getLogger("ldpm.swinmr")
 
@@ -109,11 +110,12 @@ def lr_at(step: int, hp: dict) -> float:
 
 
 def train_swinmr(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
-                 seed: int, device: str = "auto") -> list[dict]:
-    """SwinMR loss on x̂ = net(x_u) against x, fresh masks per step from the training AF/centre-fraction pairs."""
+                 seed: int, device: str = "auto", *, val_slices: int = VAL_SLICES) -> list[dict]:
+    """SwinMR loss on x̂ = net(x_u) against x, fresh masks per step from the training AF/centre-fraction pairs.
+    Validation (with inputs["val"]): PSNR / SSIM of net(x_u) on whole fixed validation slices and masks."""
     seed_everything(seed)
     dev = resolve_device(device)
-    images = torch.from_numpy(read_images(inputs["train"]))
+    images = SliceFile(inputs["train"])  # read per batch
     if (hp["patch_size"] or 0) > min(images.shape[-2:]):
         raise LdpmError(f"config key swinmr.patch_size: {hp['patch_size']} is larger than the "
                         f"{images.shape[-1]} px training images; lower it or set it to null")
@@ -139,7 +141,9 @@ def train_swinmr(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
         optimizer_step(optimizer, loss)
         return terms
 
-    history = trainer.run(step)
+    val = validation_set(inputs, val_slices, seed, masks_cfg, dev, "swinmr")
+    validate = val and (lambda: reconstruction_metrics(lambda x_u, k_u, m: model(x_u), val, max(8, hp["batch_size"])))
+    history = trainer.run(step, validate, curve_path(out))
     save_weights(model, out, metadata={"method": "swinmr", "seed": str(seed), "perceptual": perceptual,
                                        "swinir": json.dumps({k: hp[k] for k in ARCH_KEYS}),
                                        "loss_weights": json.dumps({k: hp[k] for k in ("alpha", "beta", "gamma")})})

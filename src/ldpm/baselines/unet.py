@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from fastmri.models import Unet
 
-from ldpm.baselines import undersampled_batch
-from ldpm.io import read_images
-from ldpm.train import (data_parallel, epoch_trainer, load_weights, optimizer_step, resolve_device,
-                        save_weights, seed_everything)
+from ldpm.baselines import reconstruction_metrics, undersampled_batch, validation_set
+from ldpm.io import SliceFile
+from ldpm.train import (VAL_SLICES, curve_path, data_parallel, epoch_trainer, optimizer_step, resolve_device,
+                        seed_everything)
+from ldpm.weights import load_official_unet, load_weights, save_weights
 
 log = logging.getLogger("ldpm.unet")
 
@@ -38,11 +39,12 @@ def unet_reconstruct(model: Unet, x_u: torch.Tensor) -> torch.Tensor:
 
 
 def train_unet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
-               seed: int, device: str = "auto") -> list[dict]:
-    """L1 loss on standardised images; fresh masks per step drawn from the training AF/centre-fraction pairs."""
+               seed: int, device: str = "auto", *, val_slices: int = VAL_SLICES) -> list[dict]:
+    """L1 loss on standardised images; fresh masks per step drawn from the training AF/centre-fraction pairs.
+    Validation (with inputs["val"]): PSNR / SSIM of the reconstruction on fixed validation slices and masks."""
     seed_everything(seed)
     dev = resolve_device(device)
-    images = torch.from_numpy(read_images(inputs["train"]))
+    images = SliceFile(inputs["train"])  # read per batch
     model = build_unet(hp).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
     sampler, trainer = epoch_trainer({"unet": model}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "unet")
@@ -55,7 +57,10 @@ def train_unet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp
         optimizer_step(optimizer, loss)
         return {"l1": loss.item()}
 
-    history = trainer.run(step)
+    val = validation_set(inputs, val_slices, seed, masks_cfg, dev, "unet")
+    validate = val and (lambda: reconstruction_metrics(lambda x_u, k_u, m: unet_reconstruct(model, x_u), val,
+                                                       hp["batch_size"]))
+    history = trainer.run(step, validate, curve_path(out))
     save_weights(model, out, metadata={"method": "unet", "seed": str(seed)})
     return history
 
@@ -63,8 +68,6 @@ def train_unet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp
 def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):
     """Our trained U-Net (weights["model"], safetensors); hp["official"] → fastMRI's official brain state dict."""
     if hp.get("official", False):
-        from ldpm.baselines.varnet import load_official_unet
-
         model = load_official_unet(weights["model"], hp)
     else:
         model = load_weights(build_unet(hp), weights["model"])

@@ -1,4 +1,7 @@
-"""Cartesian 1D random undersampling masks (fastMRI `RandomMaskFunc`), fixed per test slice, fresh in training."""
+"""Cartesian 1D undersampling masks, fixed per test slice, fresh in training: `random` (fastMRI's RandomMaskFunc, the
+paper's masks) or `equispaced` (fastMRI's EquispacedMaskFractionFunc, the masks fastMRI's official weights were
+trained with). Every saved test set of masks comes with a CSV of its real acceleration (width / sampled lines),
+since a random mask's real AF differs slice by slice from the nominal one."""
 
 from __future__ import annotations
 
@@ -6,10 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastmri.data.subsample import RandomMaskFunc
+import pandas as pd
+from fastmri.data.subsample import EquispacedMaskFractionFunc, RandomMaskFunc
 
 from ldpm import LdpmError
-from ldpm.io import atomic_output, stable_seed
+from ldpm.io import atomic_output, stable_seed, write_table
+
+MASK_FUNCS = {"random": RandomMaskFunc, "equispaced": EquispacedMaskFractionFunc}
+# The test set's real acceleration (all columns / all sampled columns) may differ from the nominal AF by this much
+# before the masks stage refuses: beyond it the mask function cannot reach the AF at this width.
+MAX_AF_DEVIATION = 0.15
 
 # fastMRI's pairing of acceleration and centre fraction; config may override per AF.
 DEFAULT_CENTER_FRACTIONS = {4: 0.08, 8: 0.04}
@@ -20,34 +29,53 @@ def check_acceleration(af: float, key: str = "masks.accelerations") -> None:
         raise LdpmError(f"config key {key}: acceleration {af} must be > 1 (e.g. 4 or 8)")
 
 
-def sample_mask(width: int, acceleration: int, center_fraction: float, seed: int | tuple[int, ...]) -> np.ndarray:
-    """One (width,) boolean mask over phase-encode columns, drawn by fastMRI's RandomMaskFunc with `seed`."""
+def sample_mask(width: int, acceleration: int, center_fraction: float, seed: int | tuple[int, ...],
+                mask_type: str = "random") -> np.ndarray:
+    """One (width,) boolean mask over phase-encode columns, drawn by fastMRI's mask function of `mask_type`."""
     check_acceleration(acceleration)
-    mask_func = RandomMaskFunc(center_fractions=[center_fraction], accelerations=[acceleration])
+    if mask_type not in MASK_FUNCS:
+        raise LdpmError(f"config key masks.types: unknown mask type '{mask_type}'; known: {', '.join(MASK_FUNCS)}")
+    mask_func = MASK_FUNCS[mask_type](center_fractions=[center_fraction], accelerations=[acceleration])
     mask, _ = mask_func((1, width, 1), seed=seed)
     return mask.reshape(width).numpy().astype(bool)
 
 
 def batch_masks(rng: np.random.Generator, batch: int, width: int, accelerations: list[int],
-                center_fractions: list[float]) -> torch.Tensor:
+                center_fractions: list[float], mask_type: str = "random") -> torch.Tensor:
     """Fresh training masks (B, 1, 1, W): each draws an (AF, cf) pair and a seed from `rng`."""
     masks = []
     for _ in range(batch):
         i = int(rng.integers(len(accelerations)))
-        masks.append(sample_mask(width, accelerations[i], center_fractions[i], int(rng.integers(2**31))))
+        masks.append(sample_mask(width, accelerations[i], center_fractions[i], int(rng.integers(2**31)), mask_type))
     return torch.from_numpy(np.stack(masks)).float()[:, None, None, :]
 
 
 def make_test_masks(slice_ids: list[str], width: int, acceleration: int, center_fraction: float, seed: int,
-                    out: str | Path) -> np.ndarray:
-    """Fixed masks for the test set: slice i gets the mask seeded by (seed, AF, slice id), saved with the ids."""
-    masks = np.stack([sample_mask(width, acceleration, center_fraction, stable_seed(seed, acceleration, sid))
-                      for sid in slice_ids])
+                    out: str | Path, mask_type: str = "random", out_csv: str | Path | None = None) -> np.ndarray:
+    """Fixed masks for the test set: slice i gets the mask seeded by (seed, AF, slice id), saved with the ids.
+    `out_csv` gets each mask's real acceleration; a test set whose overall real AF is more than MAX_AF_DEVIATION
+    from the nominal one is refused before anything is written."""
+    masks = np.stack([sample_mask(width, acceleration, center_fraction, stable_seed(seed, acceleration, sid),
+                                  mask_type) for sid in slice_ids])
+    real = real_accelerations(masks, slice_ids, acceleration, mask_type)
+    overall = masks.size / masks.sum()
+    if abs(overall / acceleration - 1) > MAX_AF_DEVIATION:
+        raise LdpmError(f"config key masks.accelerations: {mask_type} masks of width {width} reach AF {overall:.2f}, "
+                        f"not {acceleration}; use another AF, centre fraction or mask type")
     with atomic_output(out) as tmp:
         with open(tmp, "wb") as fh:  # np.savez on a path would append '.npz' to the temporary name
             np.savez(fh, masks=masks, slice_id=np.asarray(slice_ids), acceleration=acceleration,
-                     center_fraction=center_fraction)
+                     center_fraction=center_fraction, mask_type=mask_type)
+    if out_csv is not None:
+        write_table(real, out_csv)
     return masks
+
+
+def real_accelerations(masks: np.ndarray, slice_ids: list[str], acceleration: int, mask_type: str) -> pd.DataFrame:
+    """One row per test mask: nominal and real AF (width / sampled columns) and the number of sampled columns."""
+    sampled = masks.sum(axis=1)
+    return pd.DataFrame({"slice_id": slice_ids, "mask_type": mask_type, "nominal_af": acceleration,
+                         "sampled_columns": sampled, "real_af": masks.shape[1] / sampled})
 
 
 def load_test_masks(path: str | Path, slice_ids: list[str]) -> torch.Tensor:

@@ -4,25 +4,26 @@ The same code serves the embedded data and real fastMRI: both are multi-coil `ks
 with an ISMRMRD header. Per volume: RSS of the coil images (fastMRI's `rss`), centre crop to `crop_size`²
 (zero-padded back to it where a volume is smaller, see `volume_slices`), drop the last `drop_last_slices`
 slices, resize to `image_size`², divide by the volume maximum (recorded as `norm_scale`, so metrics computed
-with data_range = volume max are unchanged by it).
+with data_range = volume max are unchanged by it). The per-volume work runs as one job per shard of volumes; a
+split job assigns the splits and a gather job writes the split files (see "sharded preprocessing" below).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ldpm import LdpmError
 from ldpm.data.ismrmrd import parse_header
-from ldpm.io import atomic_output, open_h5, sha256_file, write_table
+from ldpm.io import atomic_output, open_h5, sha256_file, stable_seed, write_table
 
 log = logging.getLogger("ldpm.data")
 
@@ -108,7 +109,7 @@ def assign_splits(index: pd.DataFrame, val_fraction: float, test_fraction: float
     if len(patients) < 3:
         raise LdpmError(f"only {len(patients)} in-distribution subjects; train/val/test need at least 3")
     order = np.random.default_rng(seed).permutation(patients)
-    n_test = max(1, round(test_fraction * len(patients)))
+    n_test = max(1, round(test_fraction * len(patients))) if test_fraction > 0 else 0  # 0: test only on test/ood
     n_val = max(1, round(val_fraction * len(patients)))
     if n_test + n_val >= len(patients):
         raise LdpmError("config keys data.split.val_fraction + test_fraction leave no training subject; lower them")
@@ -134,6 +135,9 @@ def volume_slices(kspace: np.ndarray, crop_size: int, image_size: int) -> torch.
     distort its anatomy against every other volume, while padding keeps the pixel grid; the padded band is outside
     the acquired field of view, where there is no signal.
     """
+    import torch  # here, not at the top: split and gather (no FFTs) start 1.5 s faster without it
+    import torch.nn.functional as F
+
     h, w = kspace.shape[-2:]
     x = kspace.astype(np.complex64, copy=False)
     for axis, size in ((-2, h), (-1, w)):
@@ -151,50 +155,217 @@ def volume_slices(kspace: np.ndarray, crop_size: int, image_size: int) -> torch.
     return rss
 
 
-def preprocess(index_csv: str | Path, out_dir: str | Path, *, crop_size: int, image_size: int,
-               drop_last_slices: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, int]:
-    """Write `{split}.h5` (images) and `{split}.csv` (one row per slice) for train/val/test into out_dir."""
-    index = pd.read_csv(index_csv)
-    index["split"] = assign_splits(index, val_fraction, test_fraction, seed)
-    out_dir = Path(out_dir)
-    tables: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    with contextlib.ExitStack() as stack:
-        files = {s: stack.enter_context(h5py.File(stack.enter_context(atomic_output(out_dir / f"{s}.h5")), "w"))
-                 for s in SPLITS}
-        for f in files.values():
-            f.create_dataset("images", shape=(0, image_size, image_size), maxshape=(None, image_size, image_size),
+# ------------------------------------------------------------------------------------------ sharded preprocessing
+# The pipeline runs preprocessing as three kinds of job (workflow/rules/data.smk):
+#   ldpm split            index.csv -> splits.csv: volume -> split (subject level) and -> shard, one cheap job
+#   ldpm preprocess-shard index.csv rows of one shard -> shards/<shard>.{h5,csv}: the per-volume work, in parallel
+#   ldpm gather           splits.csv + shards/ -> {train,val,test}.{h5,csv}, in index order
+# Shards are split-independent (a volume's images do not depend on its split), so a new split assignment reruns
+# only `split` and `gather`. `preprocess` below runs the three in one process (tests, bench, a person).
+
+SHARD_DIR = "shards"  # shard files live in this directory beside splits.csv (where `gather` looks for them)
+SLICE_COLUMNS = ["slice_id", "volume", "slice", "dataset", "acquisition", "field_strength", "system_model",
+                 "patient_id", "norm_scale"]  # one row per slice: the shard and split csv files
+
+
+def plan_shards(index: pd.DataFrame, shard_size: int) -> pd.Series:
+    """The shard of every index row: consecutive runs of rows (index order), named after their first volume.
+
+    Boundaries are content-defined, so that adding, removing or changing one raw file changes one shard and
+    leaves every other shard's name and members as they were: a shard starts at the first volume of a dataset,
+    at every volume whose name hashes to 0 mod shard_size (one volume in shard_size), and after 2 * shard_size
+    volumes without such a volume (a cap that keeps shards even; the one place where an insertion can move later
+    boundaries, up to the next hashed one). Shards hold 1 to 2 * shard_size volumes, 0.86 * shard_size on average.
+    An added volume that hashes to 0 splits its shard in two (2 shards change); fixed-size chunks of the sorted
+    list would instead shift every later shard by one.
+    """
+    if shard_size < 1:
+        raise LdpmError(f"config key data.shard_size: {shard_size}; must be >= 1")
+    names, current, count, previous_dataset = [], None, 0, None
+    for volume, dataset in zip(index["volume"].astype(str), index["dataset"].astype(str)):
+        if (current is None or dataset != previous_dataset or count >= 2 * shard_size
+                or stable_seed("shard", volume) % shard_size == 0):
+            current, count = volume, 0
+        names.append(current)
+        count += 1
+        previous_dataset = dataset
+    return pd.Series(names, index=index.index, dtype=object)
+
+
+def read_index_text(index_csv: str | Path) -> pd.DataFrame:
+    """index.csv with every value as its text, the form `shard_rows_sha256` hashes (no float or id reparsing)."""
+    if not Path(index_csv).exists():
+        raise LdpmError(f"{index_csv}: file not found; run the index stage first")
+    return pd.read_csv(index_csv, dtype=str, keep_default_na=False)
+
+
+def shard_rows_sha256(index_text: pd.DataFrame, volumes: list[str]) -> str:
+    """sha256 of the index rows of `volumes` (every column, as text): a shard job's parameter, so that Snakemake
+    reruns exactly the shards whose rows changed (a raw file's sha256, its header facts, its subject)."""
+    rows = index_text.set_index("volume", drop=False).loc[list(volumes)]
+    return hashlib.sha256(rows.to_json(orient="records").encode()).hexdigest()
+
+
+def split_table(index: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> pd.DataFrame:
+    """volume, dataset, patient_id, split per index row, in index order (the order of the split files)."""
+    table = index[["volume", "dataset", "patient_id"]].copy()
+    table["split"] = assign_splits(index, val_fraction, test_fraction, seed)
+    return table
+
+
+def write_splits(index_csv: str | Path, out_csv: str | Path, *, val_fraction: float, test_fraction: float,
+                 shard_size: int, seed: int) -> pd.DataFrame:
+    """`ldpm split`: splits.csv from index.csv (subject-level assignment, seeded; the shard of every volume)."""
+    table = split_table(pd.read_csv(index_csv), val_fraction, test_fraction, seed)
+    # shards from the names as written (a name like 007 reads as the number 7), as the workflow plans them
+    table["shard"] = plan_shards(read_index_text(index_csv), shard_size).to_numpy()
+    write_table(table, out_csv)
+    log.info("%d volumes: %s; %d shards", len(table), table["split"].value_counts().to_dict(),
+             table["shard"].nunique())
+    return table
+
+
+def _volume_images(vol, crop_size: int, image_size: int, drop_last_slices: int) -> tuple[np.ndarray, float]:
+    """(slices kept, image_size, image_size) float32 images of one index row, divided by the volume maximum; and
+    that maximum. Every defect is a one-line LdpmError naming the file."""
+    keep = vol.n_slices - drop_last_slices
+    if keep < 1:
+        raise LdpmError(f"{vol.path}: {vol.n_slices} slices but data.drop_last_slices={drop_last_slices} "
+                        f"drops them all; remove the volume or lower the setting")
+    with open_h5(vol.path) as fh:
+        kspace = fh["kspace"][:keep]
+    if not np.isfinite(kspace).all():
+        raise LdpmError(f"{vol.path}: k-space contains NaN or Inf; the file is damaged, remove or re-copy it")
+    h, w = kspace.shape[-2:]
+    if min(h, w) < crop_size:
+        log.info("%s: k-space %dx%d is smaller than data.crop_size=%d; image centre-cropped to %dx%d and "
+                 "zero-padded to %dx%d", vol.path, h, w, crop_size, min(h, crop_size), min(w, crop_size),
+                 crop_size, crop_size)
+    images = volume_slices(kspace, crop_size, image_size)
+    scale = float(images.max())
+    if scale <= 0:
+        raise LdpmError(f"{vol.path}: all-zero image volume; remove it from the input")
+    return (images / scale).numpy(), scale
+
+
+def _empty_images(fh: h5py.File, image_size: int) -> h5py.Dataset:
+    """The growable `images` dataset of shard and split files (one chunk per slice, as before sharding)."""
+    return fh.create_dataset("images", shape=(0, image_size, image_size), maxshape=(None, image_size, image_size),
                              dtype=np.float32, chunks=(1, image_size, image_size))
-        for vol in tqdm(index.itertuples(), total=len(index), desc="preprocess", mininterval=2.0, disable=None):
-            keep = vol.n_slices - drop_last_slices
-            if keep < 1:
-                raise LdpmError(f"{vol.path}: {vol.n_slices} slices but data.drop_last_slices={drop_last_slices} "
-                                f"drops them all; remove the volume or lower the setting")
-            with open_h5(vol.path) as fh:
-                kspace = fh["kspace"][:keep]
-            if not np.isfinite(kspace).all():
-                raise LdpmError(f"{vol.path}: k-space contains NaN or Inf; the file is damaged, remove or re-copy it")
-            h, w = kspace.shape[-2:]
-            if min(h, w) < crop_size:
-                log.info("%s: k-space %dx%d is smaller than data.crop_size=%d; image centre-cropped to %dx%d and "
-                         "zero-padded to %dx%d", vol.path, h, w, crop_size, min(h, crop_size), min(w, crop_size),
-                         crop_size, crop_size)
-            images = volume_slices(kspace, crop_size, image_size)
-            scale = float(images.max())
-            if scale <= 0:
-                raise LdpmError(f"{vol.path}: all-zero image volume; remove it from the input")
-            dset = files[vol.split]["images"]
+
+
+def preprocess_shard(index_csv: str | Path, volumes: list[str], out_h5: str | Path, out_csv: str | Path, *,
+                     crop_size: int, image_size: int, drop_last_slices: int,
+                     rows_sha256: str | None = None, dataset_crop: dict[str, int] | None = None) -> int:
+    """`ldpm preprocess-shard`: the normalised slices of `volumes` (index order) into out_h5 (`images`) and their
+    rows (slice_id … norm_scale, as in the split files) into out_csv. rows_sha256, when given, must match the
+    index rows of the volumes (the workflow planned the shard from them). `dataset_crop` gives a dataset its own
+    crop size (e.g. a fastMRI folder added to the embedded default, whose field of view is 320 pixels wide).
+    Returns the number of slices."""
+    index, text = pd.read_csv(index_csv), read_index_text(index_csv)  # values as before; names as written
+    missing = [v for v in volumes if v not in set(text["volume"])]
+    if missing:
+        raise LdpmError(f"{index_csv}: no volume {missing[0]} (of {len(missing)} asked for); rerun the workflow, "
+                        f"which plans shards from the current index")
+    if rows_sha256 is not None and shard_rows_sha256(text, volumes) != rows_sha256:
+        raise LdpmError(f"{index_csv}: the rows of this shard's volumes changed since the shard was planned; "
+                        f"rerun the workflow")
+    rows = index[text["volume"].isin(set(volumes)).to_numpy()]
+    table = []
+    with atomic_output(out_h5) as tmp, h5py.File(tmp, "w") as fh:
+        dset = _empty_images(fh, image_size)
+        for vol in tqdm(rows.itertuples(), total=len(rows), desc="preprocess", mininterval=2.0, disable=None):
+            crop = (dataset_crop or {}).get(vol.dataset, crop_size)
+            images, scale = _volume_images(vol, crop, image_size, drop_last_slices)
             start = dset.shape[0]
-            dset.resize(start + keep, axis=0)
-            dset[start:] = (images / scale).numpy()
-            for s in range(keep):
-                tables[vol.split].append({
+            dset.resize(start + len(images), axis=0)
+            dset[start:] = images
+            for s in range(len(images)):
+                table.append({
                     "slice_id": f"{vol.volume}:{s:03d}", "volume": vol.volume, "slice": s, "dataset": vol.dataset,
                     "acquisition": vol.acquisition, "field_strength": vol.field_strength,
                     "system_model": vol.system_model, "patient_id": vol.patient_id, "norm_scale": scale})
+        write_table(pd.DataFrame(table, columns=SLICE_COLUMNS), out_csv)
+    log.info("%d volumes, %d slices -> %s", len(rows), len(table), out_h5)
+    return len(table)
+
+
+def gather(splits_csv: str | Path, out_dir: str | Path) -> dict[str, int]:
+    """`ldpm gather`: `{split}.h5` (images) and `{split}.csv` (one row per slice) for train/val/test into out_dir,
+    volumes in splits.csv order, from the shard files `shards/<shard>.{h5,csv}` beside splits.csv. Rows are copied
+    as text and images as float32, so the split files equal those of one job doing all volumes."""
+    from ldpm.provenance import note_input
+
+    splits = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)
+    for s in SPLITS:
+        if not (splits["split"] == s).any():
+            raise LdpmError(f"split '{s}' is empty; add data or change data.split fractions")
+    shard_dir = Path(splits_csv).parent / SHARD_DIR
+    spans: dict[str, tuple[str, int, int]] = {}  # volume -> (shard, first row, end row) in the shard's files
+    rows: dict[str, pd.DataFrame] = {}
+    image_size = None
+    for shard, members in splits.groupby("shard", sort=False)["volume"]:
+        h5_path, csv_path = shard_dir / f"{shard}.h5", shard_dir / f"{shard}.csv"
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False) if csv_path.exists() else None
+        if table is None or not h5_path.exists():
+            raise LdpmError(f"{shard_dir}: shard {shard} missing (.h5 or .csv); run `ldpm preprocess-shard` for it")
+        with open_h5(h5_path) as fh:
+            shape = fh["images"].shape
+        if shape[0] != len(table):
+            raise LdpmError(f"{h5_path}: {shape[0]} images but {csv_path.name} has {len(table)} rows; rerun the shard")
+        if set(table["volume"]) != set(members):
+            raise LdpmError(f"{csv_path}: holds volumes {sorted(set(table['volume']) ^ set(members))[:3]} … other "
+                            f"than splits.csv assigns to shard {shard}; rerun the workflow")
+        if image_size is not None and shape[1:] != (image_size, image_size):
+            raise LdpmError(f"{h5_path}: images {shape[1]}x{shape[2]}, other shards {image_size}x{image_size}")
+        image_size = shape[1]
+        for volume, positions in table.groupby("volume", sort=False).indices.items():
+            if positions[-1] - positions[0] + 1 != len(positions):
+                raise LdpmError(f"{csv_path}: the slices of {volume} are not consecutive; rerun the shard")
+            spans[volume] = (shard, int(positions[0]), int(positions[-1]) + 1)
+        rows[shard] = table
+        note_input(h5_path)
+        note_input(csv_path)
+    out_dir = Path(out_dir)
+    parts: dict[str, list[pd.DataFrame]] = {s: [] for s in SPLITS}
+    with contextlib.ExitStack() as stack:
+        files = {s: stack.enter_context(h5py.File(stack.enter_context(atomic_output(out_dir / f"{s}.h5")), "w"))
+                 for s in SPLITS}
+        dsets = {s: _empty_images(f, image_size) for s, f in files.items()}
+        shard_file, open_name = None, None
+        for vol in tqdm(splits.itertuples(), total=len(splits), desc="gather", mininterval=2.0, disable=None):
+            shard, start, stop = spans[vol.volume]
+            if shard != open_name:  # consecutive volumes share a shard: each shard is opened about once
+                if shard_file is not None:
+                    shard_file.close()
+                shard_file, open_name = open_h5(shard_dir / f"{shard}.h5"), shard
+            dset = dsets[vol.split]
+            at = dset.shape[0]
+            dset.resize(at + stop - start, axis=0)
+            dset[at:] = shard_file["images"][start:stop]
+            parts[vol.split].append(rows[shard].iloc[start:stop])
+        if shard_file is not None:
+            shard_file.close()
         for s in SPLITS:
-            if not tables[s]:
-                raise LdpmError(f"split '{s}' is empty; add data or change data.split fractions")
-            write_table(pd.DataFrame(tables[s]), out_dir / f"{s}.csv")
-    counts = {s: len(t) for s, t in tables.items()}
+            write_table(pd.concat(parts[s], ignore_index=True), out_dir / f"{s}.csv")
+    counts = {s: sum(len(p) for p in parts[s]) for s in SPLITS}
     log.info("slices per split: %s", counts)
     return counts
+
+
+def preprocess(index_csv: str | Path, out_dir: str | Path, *, crop_size: int, image_size: int,
+               drop_last_slices: int, val_fraction: float, test_fraction: float, seed: int,
+               shard_size: int = 16) -> dict[str, int]:
+    """The whole stage in one process: split, every shard in turn, gather; writes `{split}.h5` and `{split}.csv`
+    for train/val/test into out_dir (the shards and splits.csv only to a temporary directory inside it)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".preprocess-", dir=out_dir) as tmp:
+        splits_csv = Path(tmp) / "splits.csv"
+        table = write_splits(index_csv, splits_csv, val_fraction=val_fraction, test_fraction=test_fraction,
+                             shard_size=shard_size, seed=seed)
+        for shard, members in table.groupby("shard", sort=False)["volume"]:
+            preprocess_shard(index_csv, list(members), Path(tmp) / SHARD_DIR / f"{shard}.h5",
+                             Path(tmp) / SHARD_DIR / f"{shard}.csv", crop_size=crop_size, image_size=image_size,
+                             drop_last_slices=drop_last_slices)
+        return gather(splits_csv, out_dir)

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from ldpm.evaluate.figures import _show, pick_examples, psnr  # noqa: E402
 from ldpm.evaluate.metrics import image_metrics  # noqa: E402
-from ldpm.evaluate.tables import METHOD_LABELS, select, write_table_formats  # noqa: E402
+from ldpm.evaluate.tables import METHOD_LABELS, seed_averaged, select, write_table_formats  # noqa: E402
 from ldpm.io import atomic_output, read_images, read_table, write_table  # noqa: E402
 
 log = logging.getLogger("ldpm.ablations")
@@ -33,14 +33,15 @@ ABLATION_MODES = {"swap": "each ablation runs the full model's MRCN with the par
 
 
 def table2(volumes: pd.DataFrame, methods: list[str], split_filter: dict, split_name: str, acceleration: int,
-           stem: str | Path, mode: str = "swap") -> pd.DataFrame:
-    """Mean PSNR / SSIM over the test volumes of the main split, one row per ablation in `methods` order."""
-    frame = select(volumes[volumes.acceleration == acceleration], split_filter, split_name)
+           stem: str | Path, mode: str = "swap", mask_type: str = "random") -> pd.DataFrame:
+    """Mean PSNR / SSIM over the test volumes of the main split, one row per ablation in `methods` order
+    (each volume's values averaged over the training seeds first)."""
+    frame = select(seed_averaged(volumes[volumes.acceleration == acceleration]), split_filter, split_name)
     table = frame.groupby("method")[["psnr", "ssim"]].mean().reindex([m for m in methods if m in set(frame.method)])
     table["volumes"] = frame.groupby("method").size()
     table.index = [ABLATION_LABELS.get(m, m) for m in table.index]
     table.columns = ["PSNR", "SSIM", "volumes"]
-    write_table_formats(table, stem, f"Table II: ablations of LDPM, AF {acceleration} "
+    write_table_formats(table, stem, f"Table II: ablations of LDPM, AF {acceleration}, {mask_type} masks "
                                      f"(mean over the '{split_name}' test volumes, fastMRI protocol; ablation mode "
                                      f"'{mode}': {ABLATION_MODES[mode]})")
     return table

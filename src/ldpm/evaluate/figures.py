@@ -1,4 +1,5 @@
-"""Figures a person looks at: Fig 2 (example reconstructions, zero-filled input, error maps, zoomed patches)."""
+"""Figures a person looks at: Fig 2 (example reconstructions, zero-filled input, error maps, zoomed patches) and
+one training-curve figure per training stage."""
 
 from __future__ import annotations
 
@@ -90,3 +91,77 @@ def figure2(test_h5: str | Path, test_csv: str | Path, recons: dict[str, str | P
 def psnr(gt: np.ndarray, image: np.ndarray, maxval: float) -> float:
     mse = float(np.mean((image - gt) ** 2))
     return float(10 * np.log10(maxval**2 / mse)) if mse > 0 else float("inf")
+
+
+def training_curves(curve_csv: str | Path, out_png: str | Path, title: str) -> dict[str, list[str]]:
+    """One stage's training curve from its `<model>.curve.csv` (`ldpm.train.Trainer.curve`: step, epoch, name,
+    value): left, the per-epoch mean training losses vs step (log scale when all positive); right, the validation
+    numbers vs step (a second metric on its own right-hand axis). Constant series (on/off flags, a term that is
+    switched off) carry no curve and are named in a note instead. Returns the plotted series per panel."""
+    import pandas as pd
+
+    frame = read_table(curve_csv)
+    missing = {"step", "epoch", "name", "value"} - set(frame.columns)
+    if missing:
+        raise LdpmError(f"{curve_csv}: not a training-curve CSV (missing columns {sorted(missing)}); rerun the "
+                        f"training rule that writes it")
+    series = {name: rows.sort_values("step") for name, rows in frame.groupby("name", sort=True)}
+    train = {n[len("train_"):]: r for n, r in series.items() if n.startswith("train_")}
+    val = {n[len("val_"):]: r for n, r in series.items() if n.startswith("val_")}
+    constant = [n for n, r in train.items() if len(r) > 1 and r["value"].nunique() == 1]
+    train = {n: r for n, r in train.items() if n not in constant}
+
+    fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, rows in train.items():
+        ax_t.plot(rows["step"], rows["value"], marker=".", label=name)
+    values = pd.concat([r["value"] for r in train.values()]) if train else pd.Series(dtype=float)
+    if len(values) and (values > 0).all():
+        ax_t.set_yscale("log")
+    ax_t.set_xlabel("step")
+    ax_t.set_ylabel("training loss (epoch mean)")
+    ax_t.set_title("training", fontsize=9)
+    if train:
+        ax_t.legend(fontsize=7)
+    if constant:
+        note = ", ".join(f"{n}={_first_value(series, 'train_' + n):.3g}" for n in constant)
+        ax_t.text(0.01, 0.01, f"constant: {note}", transform=ax_t.transAxes, fontsize=6, color="0.4", va="bottom")
+
+    plotted_val = list(val)
+    if not val:
+        ax_v.text(0.5, 0.5, "no validation numbers\n(no validation file, or validation_slices = 0)",
+                  ha="center", va="center", fontsize=8, transform=ax_v.transAxes)
+        ax_v.set_xticks([]), ax_v.set_yticks([])
+    else:
+        axes = [ax_v] if len(val) != 2 else [ax_v, ax_v.twinx()]
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        lines = []
+        for i, (name, rows) in enumerate(val.items()):
+            ax, color = axes[min(i, len(axes) - 1)], colors[i % len(colors)]
+            last = rows.iloc[-1]
+            best = rows.loc[rows["value"].idxmax() if _higher_is_better(name) else rows["value"].idxmin()]
+            lines += ax.plot(rows["step"], rows["value"], marker="o", ms=3, color=color,
+                             label=f"{name}: final {last['value']:.4g}, best {best['value']:.4g} "
+                                   f"(epoch {int(best['epoch'])})")
+            ax.plot([best["step"]], [best["value"]], marker="*", ms=9, color=color, ls="none")
+        if len(axes) == 2:
+            for i, (ax, name) in enumerate(zip(axes, val)):
+                ax.set_ylabel(f"val {name}", color=colors[i])
+        else:
+            ax_v.set_ylabel("validation")
+        ax_v.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="best")
+        ax_v.set_xlabel("step")
+    ax_v.set_title("validation (star: best epoch; final weights = last point)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(out_png).suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return {"train": list(train), "val": plotted_val}
+
+
+def _first_value(series, name: str) -> float:
+    return float(series[name]["value"].iloc[0])
+
+
+def _higher_is_better(metric: str) -> bool:
+    return metric in {"psnr", "ssim"}

@@ -85,14 +85,32 @@ def check_sha256(path: Path, expected: str, fix: str) -> None:
         raise LdpmError(f"{path}: sha256 {digest[:16]}… is not the pinned {expected[:16]}…; {fix}")
 
 
+def is_stand_in(path: Path) -> bool:
+    """True for a file that `ldpm rehearsal-inputs` wrote (random weights in the real key layout): the STAND-IN.json
+    beside it lists its name with its exact sha256. Such a file is used only with a STAND-IN note in every table."""
+    import json
+
+    manifest = path.parent / "STAND-IN.json"
+    if not manifest.is_file():
+        return False
+    listed = json.loads(manifest.read_text()).get("files", {}).get(path.name)
+    return listed is not None and listed == sha256_file(path)
+
+
+def stand_in_note(key: str, path: Path) -> str:
+    return (f"{WEIGHTS[key].metrics}: STAND-IN backbone {path} (random weights from `ldpm rehearsal-inputs`); these "
+            f"values only show that the code path runs and are not results")
+
+
 def find_weight(key: str, weights_dir: str | Path, use_hub_cache: bool = True) -> Path | None:
-    """The first local copy of WEIGHTS[key] (sha256 checked), or None when there is none."""
+    """The first local copy of WEIGHTS[key] (sha256 checked, or a listed stand-in), or None when there is none."""
     spec = WEIGHTS[key]
     for directory in search_dirs(weights_dir, use_hub_cache):
         for name in spec.names:
             path = directory / name
             if path.is_file():
-                check_sha256(path, spec.sha256, f"delete it and run `ldpm weights fetch --dir {weights_dir}`")
+                if not is_stand_in(path):
+                    check_sha256(path, spec.sha256, f"delete it and run `ldpm weights fetch --dir {weights_dir}`")
                 return path
     return None
 
@@ -180,12 +198,16 @@ def load_backbones(weights_dir: str | Path = "weights", use_hub_cache: bool = Tr
         found.notes["lpips"] = missing_note("alexnet", weights_dir, use_hub_cache)
     else:
         found.lpips = build_lpips(trunk)
+        if is_stand_in(trunk):
+            found.notes["lpips"] = stand_in_note("alexnet", trunk)
     if feature_extractor == INCEPTION:
         inception = find_weight("inception", weights_dir, use_hub_cache)
         if inception is None:
             found.notes["fid"] = missing_note("inception", weights_dir, use_hub_cache)
         else:
             found.extractor = build_extractor(INCEPTION, inception)
+            if is_stand_in(inception):
+                found.notes["fid"] = stand_in_note("inception", inception)
     else:
         found.extractor = build_extractor(feature_extractor)
     for note in found.notes.values():
@@ -253,7 +275,7 @@ def lpips_per_image(net, gt01: np.ndarray, pred01: np.ndarray, batch_size: int =
 def perceptual_metrics(test_h5: str | Path, test_csv: str | Path, recons: dict[str, str | Path],
                        split_filter: dict, backbones: Backbones, out: str | Path, *, split_name: str = "main",
                        device: str = "auto", batch_size: int = 32, kid_subsets: int = 100,
-                       kid_subset_size: int = 1000, seed: int = 0) -> pd.DataFrame:
+                       kid_subset_size: int = 1000, seed: int = 0, training_seed: int = 0) -> pd.DataFrame:
     """One row per method over the test slices of `split_filter`: lpips, rfid, kid, kid_std (NaN + note if n/a)."""
     import pandas as pd
 
@@ -288,6 +310,7 @@ def perceptual_metrics(test_h5: str | Path, test_csv: str | Path, recons: dict[s
                                                         "kid_std", "lpips_note", "fid_note"])
     table["lpips_note"] = backbones.notes.get("lpips", "")
     table["fid_note"] = backbones.notes.get("fid", "")
+    table["training_seed"] = training_seed
     write_table(table, out)
     return table
 

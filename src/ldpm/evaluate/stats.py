@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ldpm.evaluate.tables import METHOD_LABELS, method_order, select
+from ldpm.evaluate.tables import METHOD_LABELS, method_order, seed_averaged, select
 from ldpm.io import atomic_output, write_table
 
 log = logging.getLogger("ldpm.stats")
@@ -96,9 +96,10 @@ def min_p(n_subjects: int, n_draws: int = N_DRAWS) -> float:
 
 def stats_table(volumes: pd.DataFrame, methods: list[str], split_filter: dict, acceleration: int,
                 stem: str | Path, *, reference: str = REFERENCE, n_boot: int = 2000, confidence: float = 0.95,
-                seed: int = 0) -> pd.DataFrame:
-    """Write `<stem>.csv` (one row per method × metric) and `<stem>.md`; return the csv table."""
-    frame = select(volumes[volumes.acceleration == acceleration], split_filter, "main")
+                seed: int = 0, mask_type: str = "random") -> pd.DataFrame:
+    """Write `<stem>.csv` (one row per method × metric) and `<stem>.md`; return the csv table. Each volume's
+    values are first averaged over the training seeds (one seed's luck is not a sample of the method)."""
+    frame = select(seed_averaged(volumes[volumes.acceleration == acceleration]), split_filter, "main")
     metrics = [m for m in METRICS if m in frame.columns]
     order = method_order(frame, methods)
     has_reference = reference in order
@@ -129,11 +130,12 @@ def stats_table(volumes: pd.DataFrame, methods: list[str], split_filter: dict, a
     stem = Path(stem)
     write_table(table, stem.with_suffix(".csv"))
     with atomic_output(stem.with_suffix(".md")) as tmp:
-        tmp.write_text(markdown(table, order, metrics, acceleration, reference, has_reference, confidence, n_boot))
+        tmp.write_text(markdown(table, order, metrics, f"{acceleration}, {mask_type} masks", reference,
+                                has_reference, confidence, n_boot))
     return table
 
 
-def markdown(table: pd.DataFrame, order: list[str], metrics: list[str], acceleration: int, reference: str,
+def markdown(table: pd.DataFrame, order: list[str], metrics: list[str], acceleration: int | str, reference: str,
              has_reference: bool, confidence: float, n_boot: int) -> str:
     label = {m: METHOD_LABELS.get(m, m) for m in order}
     t = table.set_index(["method", "metric"])

@@ -38,73 +38,123 @@ def select(frame: pd.DataFrame, filters: dict, name: str) -> pd.DataFrame:
     return frame[keep]
 
 
+SEED = "training_seed"  # column of the per-volume and perceptual CSVs: the seed the method was trained with
+METRIC_COLUMNS = ["psnr", "ssim", "nmse", "hfen", "kspace_residual"]
+
+
 def load_volume_metrics(paths: list[str | Path]) -> pd.DataFrame:
-    return pd.concat([read_table(p) for p in paths], ignore_index=True)
+    frame = pd.concat([read_table(p) for p in paths], ignore_index=True)
+    return frame if SEED in frame.columns else frame.assign(**{SEED: 0})
 
 
-def write_table_formats(table: pd.DataFrame, stem: str | Path, caption: str, notes: list[str] = ()) -> None:
+def seed_averaged(volumes: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, AF, volume), each metric averaged over the training seeds: what Tables II-III and the
+    statistics read, so that one seed's luck is not mistaken for a method's."""
+    if SEED not in volumes.columns:
+        return volumes
+    metrics = [c for c in METRIC_COLUMNS if c in volumes.columns]
+    keys = ["method", "acceleration", "volume"]
+    rest = volumes.drop(columns=[*metrics, SEED]).groupby(keys, sort=False).first()
+    return rest.join(volumes.groupby(keys, sort=False)[metrics].mean()).reset_index()
+
+
+def write_table_formats(table: pd.DataFrame, stem: str | Path, caption: str, notes: list[str] = (),
+                        shown: pd.DataFrame | None = None) -> None:
     """csv (full precision), md and tex (4 decimals, as the paper prints). Missing values read `n/a`;
-    `notes` (why they are missing) follow the md table and end the tex caption."""
+    `notes` (why they are missing) follow the md table and end the tex caption. `shown`, when given, is what the
+    md and tex print instead of `table` (e.g. "mean ± sd" cells; the csv keeps the numbers)."""
     stem = Path(stem)
     with atomic_output(stem.with_suffix(".csv")) as tmp:
         table.to_csv(tmp, na_rep="n/a")
+    shown = table if shown is None else shown
     footer = "".join(f"\n{n}\n" for n in notes)
-    cells = table.astype(object).where(table.notna(), None)  # object keeps counts integral; None prints as n/a
+    cells = shown.astype(object).where(shown.notna(), None)  # object keeps counts integral; None prints as n/a
     with atomic_output(stem.with_suffix(".md")) as tmp:
         tmp.write_text(f"{caption}\n\n{cells.to_markdown(floatfmt='.4f', missingval='n/a')}\n{footer}")
     tex_caption = " ".join([caption, *notes]).replace("_", r"\_")
     with atomic_output(stem.with_suffix(".tex")) as tmp:
-        tmp.write_text(table.to_latex(float_format="%.4f", caption=tex_caption, na_rep="n/a"))
+        tmp.write_text(shown.to_latex(float_format="%.4f", caption=tex_caption, na_rep="n/a"))
 
 
 def method_order(frame: pd.DataFrame, methods: list[str]) -> list[str]:
     return [m for m in methods if m in set(frame["method"])]
 
 
-def perceptual_columns(perceptual: pd.DataFrame | None, methods: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """LPIPS / rFID / KID per method (NaN where n/a) and the footnotes that say why cells are n/a."""
-    cols = pd.DataFrame(index=methods, columns=["LPIPS", "rFID", "KID"], dtype=float)
+def perceptual_notes(perceptual: pd.DataFrame | None) -> list[str]:
+    """The footnotes that say why LPIPS / rFID / KID cells are n/a, and how to read rFID on few images."""
     if perceptual is None:
-        return cols, ["LPIPS, rFID, KID: n/a, perceptual metrics were not computed for this table."]
-    frame = perceptual.set_index("method").reindex(methods)
-    cols["LPIPS"], cols["rFID"], cols["KID"] = frame["lpips"], frame["rfid"], frame["kid"]
+        return ["LPIPS, rFID, KID: n/a, perceptual metrics were not computed for this table."]
     notes = []
     for column in ["lpips_note", "fid_note"]:
         notes += sorted({n for n in perceptual[column] if isinstance(n, str) and n})
     n_images = perceptual["n_images"].iloc[0] if len(perceptual) else 0
-    if cols[["rFID", "KID"]].notna().any().any():
+    if perceptual[["rfid", "kid"]].notna().any().any():
         notes.append(f"rFID/KID compare {n_images} reconstructed slices with their ground truths (the paper: 934); "
                      f"with few images FID is biased upwards, so compare methods within this table only.")
-    return cols, [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    return [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+
+
+TABLE1_COLUMNS = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "lpips": "LPIPS", "rfid": "rFID", "kid": "KID"}
+
+
+def table1_per_seed(frame: pd.DataFrame, perceptual: pd.DataFrame | None) -> pd.DataFrame:
+    """Table I's numbers per (method, training seed): means over the test volumes, and the perceptual metrics."""
+    per_seed = frame.groupby(["method", SEED])[["psnr", "ssim", "nmse"]].mean()
+    if perceptual is None:
+        per_seed[["lpips", "rfid", "kid"]] = float("nan")
+    else:
+        seeded = perceptual if SEED in perceptual.columns else perceptual.assign(**{SEED: 0})
+        per_seed = per_seed.join(seeded.set_index(["method", SEED])[["lpips", "rfid", "kid"]])
+    return per_seed.rename(columns=TABLE1_COLUMNS)
 
 
 def table1(volumes: pd.DataFrame, methods: list[str], split_filter: dict, acceleration: int,
-           stem: str | Path, perceptual: pd.DataFrame | None = None, notes: list[str] = ()) -> pd.DataFrame:
+           stem: str | Path, perceptual: pd.DataFrame | None = None, notes: list[str] = (),
+           mask_type: str = "random") -> pd.DataFrame:
     """Mean PSNR/SSIM/NMSE over the test volumes of `split_filter` and LPIPS/rFID/KID, one row per method;
-    `notes` (per-method caveats from the config) follow the perceptual footnotes."""
+    `notes` (per-method caveats from the config) follow the perceptual footnotes.
+
+    With several training seeds each number is the mean over seeds of the per-seed value; the csv adds the sd over
+    seeds (`<metric> sd`) and every seed's value (`<metric> seed<k>`), the md / tex print "mean ± sd"."""
     frame = select(volumes[volumes.acceleration == acceleration], split_filter, "main")
+    frame = frame if SEED in frame.columns else frame.assign(**{SEED: 0})
     order = method_order(frame, methods)
-    table = frame.groupby("method")[["psnr", "ssim", "nmse"]].mean().reindex(order)
-    table.columns = ["PSNR", "SSIM", "NMSE"]
-    extra, perceptual_notes = perceptual_columns(perceptual, order)
-    notes = [*perceptual_notes, *(f"[{i}] {n}" for i, n in enumerate(notes, len(perceptual_notes) + 1))]
-    table = table.join(extra)
-    table["volumes"] = frame.groupby("method").size()
-    table.index = [METHOD_LABELS.get(m, m) for m in table.index]
-    write_table_formats(table, stem, f"Table I: quantitative evaluation, AF {acceleration} "
-                                     f"(mean over test volumes, fastMRI protocol)", notes)
+    per_seed = table1_per_seed(frame, perceptual)
+    columns = list(TABLE1_COLUMNS.values())
+    table = per_seed.groupby("method")[columns].mean().reindex(order)
+    seeds = sorted(frame[SEED].unique())
+    shown = table.copy()
+    if len(seeds) > 1:
+        sd = per_seed.groupby("method")[columns].std(ddof=1).reindex(order)
+        for column in columns:
+            table[f"{column} sd"] = sd[column]
+            shown[column] = [f"{m:.4f} ± {s:.4f}" if pd.notna(m) else None for m, s in zip(table[column], sd[column])]
+        for seed in seeds:
+            values = per_seed.xs(seed, level=SEED).reindex(order)
+            for column in columns:
+                table[f"{column} seed{seed}"] = values[column]
+    table["volumes"] = shown["volumes"] = frame.groupby("method")["volume"].nunique()
+    labels = [METHOD_LABELS.get(m, m) for m in order]
+    table.index, shown.index = labels, labels
+    notes = [*perceptual_notes(perceptual),
+             *(f"[{i}] {n}" for i, n in enumerate(notes, len(perceptual_notes(perceptual)) + 1))]
+    if len(seeds) > 1:
+        notes.append(f"Mean ± sd over {len(seeds)} training seeds ({', '.join(map(str, seeds))}); every seed's value "
+                     f"is in the csv.")
+    write_table_formats(table, stem, f"Table I: quantitative evaluation, AF {acceleration}, {mask_type} masks "
+                                     f"(mean over test volumes, fastMRI protocol)", notes, shown)
     return table
 
 
 def table3(volumes: pd.DataFrame, methods: list[str], test_splits: dict[str, dict], acceleration: int,
-           stem: str | Path) -> pd.DataFrame:
-    """PSNR per method across every configured test sub-split (one column each)."""
-    frame = volumes[volumes.acceleration == acceleration]
+           stem: str | Path, mask_type: str = "random") -> pd.DataFrame:
+    """PSNR per method across every configured test sub-split (one column each), averaged over training seeds."""
+    frame = seed_averaged(volumes[volumes.acceleration == acceleration])
     columns = {name: select(frame, filters, name).groupby("method")["psnr"].mean()
                for name, filters in test_splits.items()}
     table = pd.DataFrame(columns).reindex(method_order(frame, methods))
     table.index = [METHOD_LABELS.get(m, m) for m in table.index]
-    write_table_formats(table, stem, f"Table III: PSNR across test sub-splits, AF {acceleration}")
+    write_table_formats(table, stem, f"Table III: PSNR across test sub-splits, AF {acceleration}, {mask_type} masks")
     return table
 
 
@@ -113,7 +163,7 @@ COST_COLUMNS = {"seconds_per_slice": "s/slice", "gflops_per_slice": "GFLOPs/slic
 
 
 def compute_table(recon_files: list[str | Path], methods: list[str], acceleration: int,
-                  stem: str | Path) -> pd.DataFrame:
+                  stem: str | Path, mask_type: str = "random") -> pd.DataFrame:
     """Compute cost per method as measured by its reconstruct job (ldpm.reconstruct.Cost, read from the h5 attrs)."""
     import h5py
 
@@ -125,7 +175,8 @@ def compute_table(recon_files: list[str | Path], methods: list[str], acceleratio
     table = pd.DataFrame.from_dict(rows, orient="index").reindex([m for m in methods if m in rows])
     table.index = [METHOD_LABELS.get(m, m) for m in table.index]
     devices = ", ".join(sorted(set(table["device"])))
-    write_table_formats(table, stem, f"Compute cost of reconstruction, AF {acceleration} ({devices}; per slice, "
+    write_table_formats(table, stem, f"Compute cost of reconstruction, AF {acceleration}, {mask_type} masks "
+                                     f"({devices}; per slice, "
                                      f"this run's test set and settings)",
                         ["FLOPs: matmuls and convolutions counted by torch.utils.flop_counter on the first batch; "
                          "seconds: the remaining batches; peak RSS: the whole reconstruct process (includes the "

@@ -28,7 +28,7 @@ from ldpm.method import check_sd_dir
 from ldpm.models.latent import empty_prompt_embedding, load_sd_model, tiny_empty_prompt, tiny_unet, tiny_vae
 from ldpm.models.mrcontrolnet import MRControlNet, build_control_branch
 from ldpm.models.swinir import SwinIR, build_swinir
-from ldpm.train import load_weights
+from ldpm.weights import load_weights
 
 log = logging.getLogger("ldpm.method")
 

@@ -75,7 +75,7 @@ def mean_delta(gt: np.ndarray, pred: np.ndarray, masks: torch.Tensor) -> np.ndar
 
 def ldpm_diagnostics(test_h5, test_csv, masks_npz, ldpm_recon, weights: dict[str, str], hp: dict,
                      test_splits: dict[str, dict], acceleration: int, seed: int, out_stem: str | Path,
-                     device: str = "auto") -> pd.DataFrame:
+                     device: str = "auto", mask_type: str = "random") -> pd.DataFrame:
     gt, meta = read_images(test_h5), read_table(test_csv)
     masks = load_test_masks(masks_npz, meta["slice_id"].tolist())
     images = diagnostic_images(gt, masks, weights, hp, seed, device)
@@ -96,7 +96,8 @@ def ldpm_diagnostics(test_h5, test_csv, masks_npz, ldpm_recon, weights: dict[str
     wide = wide.reindex(list(ROWS.values()))
     wide.columns = [f"{split} {metric.upper() if metric != 'delta' else 'δ'}" for metric, split in wide.columns]
     wide = wide[[f"{s} {m}" for s in test_splits for m in ("PSNR", "SSIM", "δ")]]
-    write_table_formats(wide, out_stem, f"LDPM diagnostics, AF {acceleration}: mean PSNR / SSIM over test volumes "
+    write_table_formats(wide, out_stem, f"LDPM diagnostics, AF {acceleration}, {mask_type} masks: mean PSNR / SSIM "
+                        "over test volumes "
                         "and δ (eq. 10, mean over sampled k-space entries) per test split",
                         notes=["δ of 'LDPM without guidance stage' against 'LDPM' is the effect of the k-space "
                                "guidance; 'condition zeroed' shows what the MRCN takes from the sketch; the "

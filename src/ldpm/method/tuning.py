@@ -31,28 +31,30 @@ log = logging.getLogger("ldpm.method")
 
 
 def validation_batch(val_h5: str | Path, val_csv: str | Path, n_slices: int, acceleration: int,
-                     center_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+                     center_fraction: float, seed: int, mask_type: str = "random",
+                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """(x (N,1,H,W), masks (N,1,1,W), volume maxima (N,)) of `n_slices` evenly spaced validation slices."""
     images, meta = read_images(val_h5), read_table(val_csv)
     pick = np.unique(np.linspace(0, len(images) - 1, min(n_slices, len(images))).round().astype(int))
     vmax = meta.assign(m=images.reshape(len(images), -1).max(1)).groupby("volume")["m"].transform("max").to_numpy()
     width = images.shape[-1]
     masks = np.stack([sample_mask(width, acceleration, center_fraction,
-                                  stable_seed(seed, "val", acceleration, meta.slice_id[i])) for i in pick])
+                                  stable_seed(seed, "val", acceleration, meta.slice_id[i]), mask_type)
+                      for i in pick])
     return (torch.from_numpy(images[pick])[:, None], torch.from_numpy(masks).float()[:, None, None, :],
             vmax[pick])
 
 
 def tune_sampler(val_h5: str | Path, val_csv: str | Path, weights: dict[str, str], hp: dict, acceleration: int,
                  center_fraction: float, seed: int, out_json: str | Path, out_csv: str | Path,
-                 device: str = "auto", batch_size: int = 16) -> dict:
+                 device: str = "auto", batch_size: int = 16, mask_type: str = "random") -> dict:
     grid = hp["tuning"]["grid"]
     if not grid:
         raise ValueError("ldpm.tuning.grid is empty: nothing to tune")
     dev = resolve_device(device)
     weights = {k: Path(v) for k, v in weights.items() if k != "sampler_tuned"}
     x, masks, vmax = validation_batch(val_h5, val_csv, hp["tuning"]["val_slices"], acceleration, center_fraction,
-                                      seed)
+                                      seed, mask_type)
     base = sampler_settings(weights, hp)
     keys = sorted(grid)
     rows = []

@@ -198,7 +198,7 @@ def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, k_u: torch.Tenso
     image = None
     if vae is not None:
         with torch.no_grad():
-            image = decode(vae, z).clamp(0, 1)
+            image = decode(vae, z)  # unclipped: ldpm.reconstruct clips every method's output alike
     return SampleResult(z, image)
 
 

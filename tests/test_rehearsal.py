@@ -1,0 +1,233 @@
+"""The paper-path rehearsal (issue 14): configs/rehearsal.yaml changes configs/paper.yaml only at the keys its header
+lists (amounts of work, stand-in paths), configs/rehearsal-cpu.yaml only at its own; the stand-ins of
+`ldpm rehearsal-inputs` load through the real loaders, and only as marked stand-ins; the merged configs dry-run
+(SLURM profile too); the slow test runs the whole workflow on CPU (see bench/results.md for its time and memory).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+# Every key configs/rehearsal.yaml changes (dotted paths into the config); its header lists the same.
+REHEARSAL_KEYS = {
+    "unet.epochs", "varnet.epochs", "swinmr.epochs", "score_mri.epochs", "ldpm.sketcher.epochs", "ldpm.mrvae.epochs",
+    "ldpm.mrcn.epochs", "score_mri.n_steps", "ldpm.sampler.num_steps", "ldpm.mrvae.disc_start",
+    "data.datasets.brain.paths", "data.datasets.knee.paths", "ldpm.sd_dir", "ldpm.vgg_weights", "swinmr.vgg_weights",
+    "unet.weights", "varnet.weights", "evaluation.weights_dir", "evaluation.use_hub_cache",
+}
+# ... and configs/rehearsal-cpu.yaml on top of it.
+CPU_KEYS = {
+    "unet.batch_size", "varnet.batch_size", "swinmr.batch_size", "score_mri.batch_size", "ldpm.sketcher.batch_size",
+    "ldpm.mrvae.batch_size", "ldpm.mrcn.batch_size", "ldpm.ablations", "test_splits.FLAIR.acquisition",
+    "test_splits.T1PRE.acquisition", "test_splits.T2.acquisition",
+}
+STAND_IN_DIRS = ["rehearsal/brain", "rehearsal/knee", "rehearsal/stable-diffusion-2-1-base", "rehearsal/weights"]
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / "configs" / name).read_text())
+
+
+def merged(*names: str) -> dict:
+    """The config files deep-merged in order, as Snakemake does with several --configfile."""
+    import copy
+
+    from snakemake.utils import update_config
+
+    config = {}
+    for name in names:
+        update_config(config, copy.deepcopy(load(name)))
+    return config
+
+
+def flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict) and value:
+        out = {}
+        for key, sub in value.items():
+            out |= flatten(sub, f"{prefix}{key}.")
+        return out
+    return {prefix[:-1]: value}
+
+
+def changed_keys(a: dict, b: dict) -> set[str]:
+    fa, fb = flatten(a), flatten(b)
+    return {k for k in fa.keys() | fb.keys() if fa.get(k, "<absent>") != fb.get(k, "<absent>")}
+
+
+@pytest.fixture
+def stand_in_cwd(tmp_path, monkeypatch) -> Path:
+    """A working directory with the (empty) stand-in folders the overlay points at."""
+    for d in STAND_IN_DIRS:
+        (tmp_path / d).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_overlay_changes_only_the_listed_amounts_of_work_and_paths(stand_in_cwd):
+    from ldpm.config import validate_config
+
+    paper, rehearsal = load("paper.yaml"), merged("paper.yaml", "rehearsal.yaml")
+    assert changed_keys(paper, rehearsal) == REHEARSAL_KEYS
+    header = (REPO / "configs/rehearsal.yaml").read_text().split("\ndata:")[0]
+    for key in REHEARSAL_KEYS:  # the header names every changed key (by its last part inside its block list)
+        assert key.split(".")[-1] in header and key.split(".")[0] in header, key
+    config = validate_config(rehearsal)
+    # the paper's sizes, architectures and sampler settings stand
+    assert config["data"]["image_size"] == 320 and config["ldpm"]["sampler"]["p"] == 200
+    assert config["ldpm"]["sketcher"]["arch"] == "paper" and config["score_mri"]["model"] == "paper"
+    assert config["ldpm"]["mrcn"]["batch_size"] == 16 and config["swinmr"]["embed_dim"] == 180
+    assert all(config[m]["epochs"] == 1 for m in ("unet", "varnet", "swinmr", "score_mri"))
+    assert config["unet"]["official"] is False and config["varnet"]["official"] is False
+
+
+def test_cpu_layer_changes_only_batch_sizes_ablation_rows_and_widened_columns(stand_in_cwd):
+    from ldpm.config import validate_config
+
+    rehearsal = merged("paper.yaml", "rehearsal.yaml")
+    cpu = merged("paper.yaml", "rehearsal.yaml", "rehearsal-cpu.yaml")
+    assert changed_keys(rehearsal, cpu) == CPU_KEYS
+    header = (REPO / "configs/rehearsal-cpu.yaml").read_text()
+    assert all(key.split(".")[-1] in header for key in CPU_KEYS)
+    config = validate_config(cpu)
+    assert set(config["test_splits"]) == set(load("paper.yaml")["test_splits"])  # every Table III column stays
+
+
+def test_stand_in_sd_configs_are_the_published_ones():
+    """rehearsal.py's SD-2-1-base configs agree with the constants the shape tests use (ldpm.models.latent)."""
+    from ldpm import rehearsal
+    from ldpm.models.latent import SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG
+
+    for published, ours in ((rehearsal.SD21_BASE_VAE, SD21_BASE_VAE_CONFIG),
+                            (rehearsal.SD21_BASE_UNET, SD21_BASE_UNET_CONFIG)):
+        shared = set(published) & set(ours)
+        assert len(shared) >= 10
+        assert {k: published[k] for k in shared} == {k: (list(v) if isinstance(v, tuple) else v)
+                                                    for k, v in ours.items() if k in shared}
+
+
+def test_planned_subjects_land_in_train_val_and_test_with_the_paper_fractions():
+    from ldpm.rehearsal import split_roles
+
+    assert sorted(split_roles(0.1, 0.04, 0).values()) == ["test", "train", "val"]
+
+
+def test_full_profile_gives_every_table_iii_column_test_volumes_at_the_real_sizes():
+    from ldpm.rehearsal import PROFILES, T3, T15
+
+    test = [v for v in PROFILES["full"] if v.role == "test"]
+    assert {v.acquisition for v in test} == {"AXFLAIR", "AXT1", "AXT1PRE", "AXT1POST", "AXT2"}
+    assert {v.field_T for v in test} == {T15, T3}
+    brain = [v for v in PROFILES["full"] if v.role != "knee"]
+    assert {(640, 320, 16), (640, 320, 20)} <= {(*v.shape, v.n_coils) for v in brain}
+    assert {(640, 288), (768, 396)} <= {v.shape for v in brain}
+    assert [(v.acquisition, v.n_coils, v.shape) for v in PROFILES["full"] if v.role == "knee"] == \
+        [("CORPD_FBK", 15, (640, 368))]
+
+
+def test_swinir_gradient_checkpointing_gives_the_same_gradients():
+    """The paper SwinIR recomputes each Swin block in the backward pass (memory only): identical gradients."""
+    import torch
+
+    from ldpm.models.swinir import SWINIR_CONFIGS, build_swinir
+
+    assert SWINIR_CONFIGS["paper"]["grad_checkpoint"] is True
+    x, grads = torch.randn(2, 1, 24, 24), []
+    for on in (False, True):
+        torch.manual_seed(0)
+        net = build_swinir("tiny", grad_checkpoint=on).train()
+        net(x).abs().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    assert torch.equal(*grads)
+
+
+@pytest.fixture(scope="module")
+def stand_in_weights(tmp_path_factory) -> Path:
+    from ldpm.rehearsal import write_manifest, write_weights
+
+    weights = write_weights(tmp_path_factory.mktemp("rehearsal"), seed=0)
+    write_manifest(weights, "test")
+    return weights
+
+
+def test_stand_in_weights_load_through_the_real_loaders(stand_in_weights):
+    from ldpm.baselines.swinmr import SwinMRPerceptual
+    from ldpm.losses import VGGPerceptual
+    from ldpm.weights import load_official_unet, load_official_varnet
+
+    w = stand_in_weights
+    assert load_official_unet(w / "fastmri/brain_leaderboard_state_dict_unet.pt").chans == 256
+    assert len(load_official_varnet(w / "fastmri/brain_leaderboard_state_dict_varnet.pt").cascades) == 12
+    VGGPerceptual(w / "vgg16-397923af.pth")
+    SwinMRPerceptual(w / "vgg19-dcbb9e9d.pth")
+
+
+def test_stand_in_backbones_load_only_as_marked_stand_ins(stand_in_weights, tmp_path):
+    import json
+    import shutil
+
+    from ldpm import LdpmError
+    from ldpm.evaluate import perceptual as pc
+
+    backbones = pc.load_backbones(stand_in_weights, use_hub_cache=False)
+    assert backbones.lpips is not None and backbones.extractor is not None
+    assert "STAND-IN" in backbones.notes["lpips"] and "STAND-IN" in backbones.notes["fid"]
+    # the same file without its manifest entry is just a file with the wrong hash
+    other = tmp_path / "weights"
+    other.mkdir()
+    shutil.copy(stand_in_weights / pc.WEIGHTS["alexnet"].names[0], other)
+    (other / "STAND-IN.json").write_text(json.dumps({"files": {pc.WEIGHTS["alexnet"].names[0]: "0" * 64}}))
+    with pytest.raises(LdpmError, match="is not the pinned 7be5be79"):
+        pc.find_weight("alexnet", other, use_hub_cache=False)
+
+
+def snakemake_cmd(workdir: Path, *args: str, cores: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                        "TORCH_HOME": str(workdir / "torch_home")}
+    configs = [str(REPO / "configs" / n) for n in ("paper.yaml", "rehearsal.yaml")]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           *(["--cores", "all"] if cores else []), "--configfile", *configs, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_overlay_dry_runs_under_the_slurm_profile_without_cores(tmp_path):
+    for d in STAND_IN_DIRS:
+        (tmp_path / d).mkdir(parents=True)
+    for value in flatten(load("rehearsal.yaml")).values():  # weight files the rules may take as inputs: empty
+        if isinstance(value, str) and value.endswith((".pth", ".pt")):
+            (tmp_path / value).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / value).touch()
+    result = snakemake_cmd(tmp_path, "-n", "--workflow-profile", str(REPO / "profiles/slurm"), cores=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "index" in out and "gpu=1" in out
+
+
+# ------------------------------------------------------------------------------------- the rehearsal itself
+REHEARSAL_BOUND_S = 2 * 3600  # measured 2026-11-30: ~61 min on 2 shared cores (bench/results.md, rehearsal)
+
+
+@pytest.mark.slow
+def test_paper_path_rehearsal_runs_to_the_report_on_cpu(tmp_path):
+    """`ldpm rehearsal-inputs --profile cpu`, then the paper config + rehearsal overlay + CPU layer to
+    results/report.html. Every rule of the paper run runs; Table I says its perceptual backbones are stand-ins."""
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "ldpm", "rehearsal-inputs", "--out", str(tmp_path / "rehearsal"),
+                    "--profile", "cpu"], check=True, env=env, capture_output=True, timeout=1800)
+    result = snakemake_cmd(tmp_path, str(REPO / "configs/rehearsal-cpu.yaml"), timeout=REHEARSAL_BOUND_S)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert time.time() - t0 < REHEARSAL_BOUND_S
+    assert (tmp_path / "results/report.html").is_file()
+    table1 = (tmp_path / "results/tables/table1_random_af8.md").read_text()
+    assert "STAND-IN" in table1
+    benchmarks = list((tmp_path / "results/benchmarks").glob("*.tsv"))
+    assert any(p.name.startswith("train_ldpm_mrcn") for p in benchmarks)

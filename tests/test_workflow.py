@@ -1,0 +1,176 @@
+"""The workflow's wildcards and rerun promises, checked on dry runs (no job runs here)."""
+
+from __future__ import annotations
+
+import yaml
+from test_pipeline import small_config, snakemake
+
+
+def plan(tmp_path, cfg: dict, *args: str):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    planned = snakemake(tmp_path, "-n", "-p", *args)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    return planned.stdout
+
+
+def test_mask_type_is_a_wildcard_beside_af(tmp_path):
+    """masks.types [random, equispaced]: every test-set file exists once per (type, AF); models are trained once."""
+    cfg = small_config() | {"methods": ["zero_filled", "unet"]}
+    cfg["masks"]["types"] = ["random", "equispaced"]
+    out = plan(tmp_path, cfg)
+    for mask in ("random", "equispaced"):
+        for path in (f"results/masks/{mask}_af8.npz", f"results/masks/{mask}_af8.csv",
+                     f"results/recon/unet/seed0/{mask}_af8.h5", f"results/tables/table1_{mask}_af8.csv"):
+            assert path in out, path
+        assert f"--mask-type {mask} --acceleration 8" in out
+    assert out.count("ldpm train unet") == 1
+
+
+def test_training_seeds_are_a_wildcard_and_the_tables_read_every_seed(tmp_path):
+    """training_seeds [0, 3]: each trained model and each reconstruction runs per seed, Table I and the statistics
+    read both seeds' metrics, Fig 2 the first seed's reconstructions; data and masks are made once."""
+    cfg = small_config() | {"methods": ["zero_filled", "unet"], "training_seeds": [0, 3]}
+    out = plan(tmp_path, cfg)
+    for seed in (0, 3):
+        assert f"results/models/seed{seed}/unet.safetensors" in out
+        assert f"--seed {seed} --device" in out
+        assert f"results/recon/unet/seed{seed}/random_af8.h5" in out
+    tables = next(line for line in out.splitlines() if "ldpm tables " in line)
+    stats = next(line for line in out.splitlines() if "ldpm stats " in line)
+    for seed in (0, 3):
+        assert f"results/metrics/unet/seed{seed}/random_af8_volumes.csv" in tables
+        assert f"results/metrics/unet/seed{seed}/random_af8_volumes.csv" in stats
+    figure2 = next(line for line in out.splitlines() if "ldpm figure2 " in line)
+    assert "seed0" in figure2 and "seed3" not in figure2
+    assert out.count("ldpm masks ") == 1 and out.count("ldpm train unet") == 2
+
+
+# ---------------------------------------------------------------- what a change reruns, on a finished run
+
+def planned_jobs(workdir, *args, env=None) -> set[str]:
+    """The rules of the jobs `snakemake -n` would run (its "Job stats" table), `all` left out."""
+    result = snakemake(workdir, "-n", *args, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return set()
+    table = text.split("Job stats:")[1].strip().split("\n\n")[0]  # job / count / ---- / one row per rule / total
+    rows = [line.split() for line in table.splitlines()[2:]]
+    return {row[0] for row in rows if len(row) == 2 and row[1].isdigit()} - {"all", "total"}
+
+
+def test_a_changed_statistics_setting_reruns_only_the_statistics(finished_run):
+    assert planned_jobs(finished_run, "--config", 'evaluation={"bootstrap_samples": 500}') == \
+        {"stats", "audit", "html_report"}
+    assert planned_jobs(finished_run, "--config", 'evaluation={"figure_examples": 1}') == \
+        {"figure2", "audit", "html_report"}
+
+
+def test_the_data_seed_and_a_centre_fraction_rerun_what_depends_on_them(finished_run):
+    every = planned_jobs(finished_run, "--config", "seed=1")  # splits, masks, statistics: everything downstream
+    assert {"embedded_data", "train", "reconstruct", "metrics", "tables", "stats", "html_report"} <= every
+    changed = planned_jobs(finished_run, "--config", 'masks={"center_fractions": {"8": 0.05}}')
+    assert {"masks", "reconstruct", "metrics", "tables", "stats", "figure2"} <= changed
+    assert not changed & {"train", "embedded_data", "gather", "training_curve"}
+
+
+def test_params_are_canonical_reordered_keys_and_spelled_out_defaults_rerun_nothing(finished_run, tmp_path):
+    from ldpm.config import validate_config
+
+    def reordered(value, key=None):
+        """Every mapping's keys in reverse order, except test_splits, whose order is Table III's column order."""
+        if not isinstance(value, dict):
+            return value
+        items = list(value.items()) if key == "test_splits" else list(value.items())[::-1]
+        return {k: reordered(v, k) for k, v in items}
+
+    spelled_out = validate_config(yaml.safe_load((finished_run / "config.yaml").read_text()))
+    config = tmp_path / "reordered.yaml"
+    config.write_text(yaml.safe_dump(reordered(spelled_out), sort_keys=False))  # every default written out
+    assert planned_jobs(finished_run, "--configfile", str(config)) == set()
+    swapped = reordered(spelled_out)
+    swapped["test_splits"] = dict(reversed(swapped["test_splits"].items()))  # Table III's columns: a real change
+    config.write_text(yaml.safe_dump(swapped, sort_keys=False))
+    assert {"tables"} <= planned_jobs(finished_run, "--configfile", str(config))
+
+
+def test_a_code_change_reruns_the_stages_that_run_that_code(finished_run, tmp_path):
+    """The Snakefile reads ldpm from a copy of src/ where the Dual-Stage Sampler has one more line: the LDPM
+    reconstructions (and what reads them) rerun, no training job does."""
+    import shutil
+
+    from conftest import REPO
+
+    shutil.copytree(REPO / "src", tmp_path / "src")
+    sampler = tmp_path / "src/ldpm/sampling/dual_stage.py"
+    sampler.write_text(sampler.read_text() + "\n# an edit\n")
+    jobs = planned_jobs(finished_run, env={"PYTHONPATH": str(tmp_path / "src")})
+    assert {"reconstruct", "metrics", "tables", "ldpm_tune_sampler"} <= jobs
+    assert not jobs & {"train", "embedded_data", "training_curve", "masks"}
+
+
+# ---------------------------------------------------------------- conventions: lint, software environment
+
+def paper_config_with_stand_in_paths(tmp_path) -> dict:
+    """configs/paper.yaml with its PATH folders pointed at empty stand-ins (the workflow only checks they exist)."""
+    from conftest import REPO
+
+    cfg = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
+    for name, spec in cfg["data"]["datasets"].items():
+        (tmp_path / name).mkdir()
+        spec["paths"] = [str(tmp_path / name)]
+    (tmp_path / "sd").mkdir()
+    cfg["ldpm"]["sd_dir"] = str(tmp_path / "sd")
+    return cfg
+
+
+def test_snakemake_lint_is_clean_on_the_default_and_the_paper_config(tmp_path):
+    for name, cfg in [("default", small_config()), ("paper", paper_config_with_stand_in_paths(tmp_path))]:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        result = snakemake(workdir, "--lint", "--configfile", str(workdir / "config.yaml"))
+        assert result.returncode == 0, (name, (result.stdout + result.stderr)[-3000:])
+        assert "Lints for" not in result.stdout + result.stderr, name
+
+
+def test_the_conda_environment_pins_the_lock_and_every_rule_uses_it():
+    """No conda on CI: the env file is checked as data (YAML, the same pins as envs/constraints.txt, no relative
+    path that breaks when Snakemake copies it) and every rule's `conda:` directive is checked by the lint above."""
+    from conftest import REPO
+
+    env = yaml.safe_load((REPO / "envs/ldpm.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    lock = {line.strip() for line in (REPO / "envs/constraints.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
+    assert set(pip) == lock and len(pip) == len(lock)
+    assert not [p for p in pip if p.startswith("-") or "/" in p or ".." in p]
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_files_reached_through_config_paths_are_declared_inputs(tmp_path):
+    """The paper config's SD-2-1-base folder and VGG weights are read through hp paths: every file is an input of
+    the stages that read it (replacing one reruns them), and of no other stage."""
+    cfg = paper_config_with_stand_in_paths(tmp_path)
+    for name in ("vae/config.json", "vae/diffusion_pytorch_model.safetensors", "unet/config.json"):
+        (tmp_path / "sd" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sd" / name).write_text("{}")
+    (tmp_path / "vgg16.pth").write_text("x")
+    (tmp_path / "vgg19.pth").write_text("x")
+    cfg["ldpm"]["vgg_weights"] = str(tmp_path / "vgg16.pth")
+    cfg["swinmr"]["vgg_weights"] = str(tmp_path / "vgg19.pth")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = snakemake(workdir, "-n", "--configfile", str(workdir / "config.yaml"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    inputs = {}  # (rule, model or method) -> its input line
+    for block in result.stdout.split("\nrule ")[1:]:
+        wildcards = block.split("wildcards: ")[1].split("\n")[0] if "wildcards: " in block else ""
+        inputs[(block.split(":")[0], wildcards)] = block.split("input: ")[1].split("\n")[0] if "input: " in block else ""
+    mrvae = next(v for (r, w), v in inputs.items() if r == "train" and "model=ldpm_mrvae" in w)
+    swinmr = next(v for (r, w), v in inputs.items() if r == "train" and "model=swinmr" in w)
+    unet = next(v for (r, w), v in inputs.items() if r == "train" and "model=unet" in w)
+    assert str(tmp_path / "sd/vae/config.json") in mrvae and str(tmp_path / "vgg16.pth") in mrvae
+    assert str(tmp_path / "vgg19.pth") in swinmr and str(tmp_path / "sd") not in swinmr
+    assert str(tmp_path / "sd") not in unet and "vgg" not in unet
