@@ -36,6 +36,8 @@ checkpoint index:
         f"{RESULTS}/data/index.csv",
     log:
         f"{RESULTS}/logs/index.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/index.tsv"
     params:
         datasets=as_json(raw_datasets()),
         extra=as_json(config["data"]["extra_acquisitions"]),
@@ -72,6 +74,8 @@ rule preprocess:
         csv=f"{RESULTS}/data/shards/{{shard}}.csv",
     log:
         f"{RESULTS}/logs/preprocess/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/preprocess/{{shard}}.tsv"
     wildcard_constraints:
         shard=r"[^/]+",
     params:
@@ -96,6 +100,8 @@ rule gather:
         expand(f"{RESULTS}/data/{{split}}.{{ext}}", split=SPLITS, ext=["h5", "csv"]),
     log:
         f"{RESULTS}/logs/gather.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/gather.tsv"
     params:
         out_dir=lambda w, output: str(Path(output[0]).parent),
     conda:

@@ -59,6 +59,8 @@ rule ldpm_tune_sampler:
         csv=f"{RESULTS}/ldpm/seed{{seed}}/sampler_{{mask}}_af{{af}}.csv",
     log:
         f"{RESULTS}/logs/ldpm_tune_sampler_seed{{seed}}_{{mask}}_af{{af}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ldpm_tune_sampler_seed{{seed}}_{{mask}}_af{{af}}.tsv"
     threads: workflow.cores
     params:
         weights=lambda w: as_json(for_job(ldpm_weights(*FULL), w)),
@@ -89,6 +91,8 @@ rule ldpm_diagnostics:
         other=expand(f"{RESULTS}/tables/ldpm_diagnostics_{{{{mask}}}}_af{{{{af}}}}.{{ext}}", ext=["md", "tex"]),
     log:
         f"{RESULTS}/logs/ldpm_diagnostics_{{mask}}_af{{af}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ldpm_diagnostics_{{mask}}_af{{af}}.tsv"
     threads: workflow.cores
     params:
         weights=lambda w: as_json(recon_weights("ldpm", w, seed=FIRST_SEED)),
@@ -151,6 +155,8 @@ rule ldpm_figure3:
                    labels={"table": "Fig 3 VAE metrics"}),
     log:
         f"{RESULTS}/logs/figure3.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ldpm_figure3.tsv"
     threads: workflow.cores
     params:
         weights=lambda w: as_json(for_job(ldpm_weights("natural_vae", "mrvae"), w, seed=FIRST_SEED)),
