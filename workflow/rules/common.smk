@@ -29,7 +29,8 @@ FIRST_SEED = SEEDS[0]
 DEVICE = shlex.quote(config["device"])
 MAIN_SPLIT = shlex.quote(config["main_split"])
 # Training jobs run data-parallel under torchrun when train_processes > 1 (see ldpm.train).
-TRAIN_LAUNCHER = ("python -m ldpm" if config["train_processes"] == 1 else
+LDPM_CLI = "python -m ldpm"  # the module form: the conda environment has no `ldpm` script (see the Snakefile)
+TRAIN_LAUNCHER = (LDPM_CLI if config["train_processes"] == 1 else
                   f"torchrun --standalone --nproc_per_node {config['train_processes']} -m ldpm")
 # SLURM time limit of each training job, in minutes, at paper scale on one H100-class GPU (profiles/slurm): FLOPs per
 # training slice (bench P1's counts: SD VAE 1.4 TFLOP, SwinIR 2.5, MRCN 0.35, NCSN++ 2.05 forward) × 3 for the
@@ -41,7 +42,7 @@ TRAINER_MODULES = ["ldpm.stages", "ldpm.train", *sorted({entry.split(":")[0] for
 RECONSTRUCTOR_MODULES = ["ldpm.reconstruct", *sorted({entry.split(":")[0] for entry in RECONSTRUCTORS.values()})]
 
 
-def stage(*modules, launcher="python -m ldpm"):
+def stage(*modules, launcher=LDPM_CLI):
     """The start of a rule's shell command: `LDPM_CODE=<version> python -m ldpm `. The version hashes the source
     of `modules` and of every ldpm module they import (ldpm.code_version), so Snakemake's `code` rerun trigger,
     which compares shell text, reruns a stage whose code changed and no other. (`ldpm.cli` itself is left out: it

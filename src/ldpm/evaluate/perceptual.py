@@ -22,6 +22,7 @@ import os
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 from unittest import mock
@@ -85,6 +86,7 @@ def check_sha256(path: Path, expected: str, fix: str) -> None:
         raise LdpmError(f"{path}: sha256 {digest[:16]}… is not the pinned {expected[:16]}…; {fix}")
 
 
+@lru_cache(maxsize=None)  # asked by find_weight and again by load_backbones: hash a ~100 MB backbone once
 def is_stand_in(path: Path) -> bool:
     """True for a file that `ldpm rehearsal-inputs` wrote (random weights in the real key layout): the STAND-IN.json
     beside it lists its name with its exact sha256. Such a file is used only with a STAND-IN note in every table."""

@@ -135,7 +135,7 @@ def stats_table(volumes: pd.DataFrame, methods: list[str], split_filter: dict, a
     return table
 
 
-def markdown(table: pd.DataFrame, order: list[str], metrics: list[str], acceleration: int | str, reference: str,
+def markdown(table: pd.DataFrame, order: list[str], metrics: list[str], protocol: str, reference: str,
              has_reference: bool, confidence: float, n_boot: int) -> str:
     label = {m: METHOD_LABELS.get(m, m) for m in order}
     t = table.set_index(["method", "metric"])
@@ -144,7 +144,7 @@ def markdown(table: pd.DataFrame, order: list[str], metrics: list[str], accelera
                       index=[label[m] for m in order])
     first = t.xs(metrics[0], level="metric")
     ci["volumes / subjects"] = [f"{first.loc[m, 'volumes']} / {first.loc[m, 'subjects']}" for m in order]
-    text = [f"Statistics, AF {acceleration}: mean over test volumes with {confidence:.0%} bootstrap CI "
+    text = [f"Statistics, AF {protocol}: mean over test volumes with {confidence:.0%} bootstrap CI "
             f"({n_boot} resamples of subjects)", "", ci.to_markdown(), ""]
     if not has_reference:
         text.append(f"Paired tests of LDPM against each method: skipped, no metrics for method '{reference}' "

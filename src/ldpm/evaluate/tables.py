@@ -136,8 +136,8 @@ def table1(volumes: pd.DataFrame, methods: list[str], split_filter: dict, accele
     table["volumes"] = shown["volumes"] = frame.groupby("method")["volume"].nunique()
     labels = [METHOD_LABELS.get(m, m) for m in order]
     table.index, shown.index = labels, labels
-    notes = [*perceptual_notes(perceptual),
-             *(f"[{i}] {n}" for i, n in enumerate(notes, len(perceptual_notes(perceptual)) + 1))]
+    footnotes = perceptual_notes(perceptual)
+    notes = [*footnotes, *(f"[{i}] {n}" for i, n in enumerate(notes, len(footnotes) + 1))]
     if len(seeds) > 1:
         notes.append(f"Mean ± sd over {len(seeds)} training seeds ({', '.join(map(str, seeds))}); every seed's value "
                      f"is in the csv.")
