@@ -378,6 +378,9 @@ def write_markdown(res: dict) -> str:
                   f"- no-op rerun: {r['noop_s']:.1f} s (Snakemake said 'Nothing to be done': "
                   f"{r.get('noop_nothing_to_do', 'not recorded')})", ""]
     lines += p4_markdown(res["p4"]) if "p4" in res else []
+    lines += ["## Paper-path rehearsal", "", "`bash bench/rehearsal.sh cpu|gpu WORKDIR --record` writes its own record: "
+              "bench/rehearsal-cpu.md (2 CPU cores) and bench/rehearsal-gpu.md, with per-rule peak memory in "
+              "bench/rehearsal-*-peaks.csv.", ""]
     return "\n".join(lines)
 
 

@@ -246,6 +246,38 @@ def test_ldpm_and_ablations_reconstruct_a_batch_reproducibly(trained, prepared):
         assert (outputs[name] - outputs["ldpm"]).abs().max() > 1e-3, name
 
 
+def test_diagnostics_sketch_each_slice_once_and_sample_as_ldpm_does(trained, prepared, monkeypatch):
+    """The diagnostics' two LDPM rows reuse the sketch row's c (one SwinIR pass per slice, not three: at 320² the
+    paper SwinIR costs more than a 2-step LDPM sample) and one copy of the networks (the paper MRCN is ~5 GB in
+    float32), and still equal LDPM's own runs with those settings."""
+    from ldpm.io import read_images
+    from ldpm.method import diagnostics, reconstruct
+    from ldpm.method.reconstruct import build_ldpm
+
+    hp = sub(trained["hp"], "sd_dir", "vae", "unet", "sketcher", "sampler")
+    gt = read_images(prepared / "test.h5")[:2]
+    mask, k_u, x_u = measure(torch.from_numpy(gt)[:, None])
+    calls = []
+
+    def counted(*args):
+        calls.append(len(args[0]))
+        return sketcher(*args)
+
+    from ldpm.models.swinir import sketcher
+    monkeypatch.setattr(diagnostics, "sketcher", counted)
+    monkeypatch.setattr(reconstruct, "sketcher", counted)
+    loads, load_mrcn = [], reconstruct.load_mrcn
+    monkeypatch.setattr(reconstruct, "load_mrcn", lambda *a: loads.append(1) or load_mrcn(*a))
+    rows = diagnostics.diagnostic_images(gt, mask, trained["weights"], hp, seed=5, device="cpu")
+    assert calls == [2] and len(loads) == 1
+    monkeypatch.undo()
+    for row, kwargs in (("ldpm_zero_condition", {"condition": "zero"}), ("ldpm_unguided", {"use_guidance": False})):
+        torch.manual_seed(5)
+        with torch.no_grad():
+            alone = build_ldpm(trained["weights"], hp, torch.device("cpu"))(x_u, k_u, mask, **kwargs)
+        np.testing.assert_array_equal(rows[row], alone[:, 0].numpy(), err_msg=row)
+
+
 def test_natural_patches_are_deterministic_grey_photos():
     a = components.natural_patches(["camera", "astronaut"], 6, 16, seed=3)
     b = components.natural_patches(["camera", "astronaut"], 6, 16, seed=3)

@@ -35,6 +35,16 @@ def test_epoch_sampler_covers_each_item_once_per_epoch():
     assert set(seen) == set(range(10)) and sampler.steps_per_epoch == 3
 
 
+def test_epoch_sampler_fills_every_batch_even_from_a_set_smaller_than_half_a_batch():
+    """A batch always has batch_size items (a rehearsal has 1 training slice at batch 8): the set is cycled."""
+    for n_items, batch_size in ((1, 8), (3, 8), (5, 8), (10, 4)):
+        sampler = EpochSampler(n_items=n_items, batch_size=batch_size, seed=2)
+        for step in range(3 * sampler.steps_per_epoch):
+            batch = sampler.batch(step)
+            assert len(batch) == batch_size and set(batch) <= set(range(n_items)), (n_items, batch_size, step)
+        assert len(set(EpochSampler(n_items, batch_size, 2).batch(0))) == min(n_items, batch_size)
+
+
 def test_corrupted_checkpoint_is_named(tmp_path):
     model = torch.nn.Linear(2, 2)
     (tmp_path / "ck").mkdir()

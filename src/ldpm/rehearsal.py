@@ -117,6 +117,18 @@ def _minimal_clip_vocab() -> tuple[dict[str, int], str]:
     return vocab, "#version: 0.2\n"
 
 
+def write_tokenizer(folder: Path) -> Path:
+    """A tokenizer folder that CLIPTokenizer.from_pretrained loads: the minimal vocab and SD-2-1-base's
+    tokenizer_config / special_tokens_map (pad "!", max length 77)."""
+    vocab, merges = _minimal_clip_vocab()
+    _write_json(folder / "vocab.json", vocab)
+    (folder / "merges.txt").write_text(merges)
+    _write_json(folder / "tokenizer_config.json", SD21_BASE_TOKENIZER)
+    _write_json(folder / "special_tokens_map.json",
+                {k: SD21_BASE_TOKENIZER[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")})
+    return folder
+
+
 def write_sd(out: Path, seed: int) -> Path:
     """stable-diffusion-2-1-base in diffusers layout with random weights (see the module docstring).
 
@@ -137,12 +149,7 @@ def write_sd(out: Path, seed: int) -> Path:
         model.save_pretrained(sd / sub, safe_serialization=True)
         _write_json(sd / sub / "config.json", cfg)  # the published file, key for key
         del model
-    vocab, merges = _minimal_clip_vocab()
-    _write_json(sd / "tokenizer" / "vocab.json", vocab)
-    (sd / "tokenizer" / "merges.txt").write_text(merges)
-    _write_json(sd / "tokenizer" / "tokenizer_config.json", SD21_BASE_TOKENIZER)
-    _write_json(sd / "tokenizer" / "special_tokens_map.json",
-                {k: SD21_BASE_TOKENIZER[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")})
+    write_tokenizer(sd / "tokenizer")
     _write_json(sd / "text_encoder" / "config.json", SD21_BASE_TEXT_ENCODER)
     try:
         from transformers import CLIPTextConfig, CLIPTextModel
@@ -231,7 +238,7 @@ def write_weights(out: Path, seed: int) -> Path:
 # ------------------------------------------------------------------------------------------------ raw data
 @dataclasses.dataclass(frozen=True)
 class PlannedVolume:
-    role: str            # "train" | "val" | "test" (the split its subject lands in) | "knee"
+    role: str            # "train" | "val" | "test" (the split its subject lands in) | "knee" | "heldout"
     acquisition: str
     field_T: float       # as fastMRI's headers report it (1.494 / 2.89362)
     n_coils: int
@@ -240,6 +247,9 @@ class PlannedVolume:
 
 
 T15, T3 = 1.494, 2.89362
+# Folders besides rehearsal/brain: the knee (OOD column) and a held-out brain subject for the official-weight rows
+# (configs/rehearsal-official.yaml: a `role: test` dataset, which the official fastMRI weights never saw).
+FOLDERS = {"knee": "knee", "heldout": "brain_heldout"}
 PROFILES = {
     # The GPU rehearsal: 16-slice volumes at fastMRI brain sizes; the test subject has every acquisition and both
     # field strengths, so every Table III column of configs/paper.yaml has test volumes.
@@ -253,6 +263,7 @@ PROFILES = {
         PlannedVolume("test", "AXT1POST", T3, 16, (640, 288), 8),
         PlannedVolume("test", "AXT2", T15, 16, (640, 320), 8),
         PlannedVolume("knee", "CORPD_FBK", T3, 15, (640, 368), 8),
+        PlannedVolume("heldout", "AXFLAIR", T3, 16, (640, 320), 8),
     ],
     # 2 CPU cores: 4 slices per file, so the paper's drop of the last 3 leaves one: one training slice (one step per
     # epoch at batch 1), one validation slice, 2 brain test slices (rFID/KID need 2) and one knee slice.
@@ -262,6 +273,7 @@ PROFILES = {
         PlannedVolume("test", "AXT1", T3, 16, (768, 396), 4),
         PlannedVolume("test", "AXT1POST", T15, 16, (640, 288), 4),
         PlannedVolume("knee", "CORPD_FBK", T3, 15, (640, 368), 4),
+        PlannedVolume("heldout", "AXFLAIR", T3, 16, (640, 320), 4),
     ],
 }
 
@@ -305,7 +317,7 @@ def write_raw(out: Path, profile: str, seed: int, split: dict) -> list[Path]:
     written = []
     for i, vol in enumerate(PROFILES[profile]):
         knee = vol.role == "knee"
-        pid = "rehearsal-knee000" if knee else by_role[vol.role]
+        pid = f"rehearsal-{vol.role}000" if vol.role in FOLDERS else by_role[vol.role]
         rows, cols = vol.shape
         matrix = max(cols, rows // 2)  # the generator makes (2N, N) k-space; larger, then cropped in image space
         matrix += matrix % 2
@@ -331,7 +343,7 @@ def write_raw(out: Path, profile: str, seed: int, split: dict) -> list[Path]:
                  "patient_id": pid}
         kind = "knee" if knee else "brain"
         name = f"file_{kind}_{vol.acquisition}_{rows}x{cols}_{vol.n_coils}coils_{i:02d}"
-        path = out / kind / f"{name}.h5"
+        path = out / FOLDERS.get(vol.role, "brain") / f"{name}.h5"
         path.parent.mkdir(parents=True, exist_ok=True)
         written.append(emb.write_volume(path, emb.Volume(name, kspace, rss, header, attrs)))
         log.info("%s: %s %s, %d coils, %d slices, %.1f T, subject %s (%s)", path.name, vol.acquisition,
@@ -360,8 +372,8 @@ def generate(out: str | Path, profile: str = "cpu", seed: int = 0, split: dict |
     t0 = time.perf_counter()
     split = split or {"val_fraction": 0.1, "test_fraction": 0.04}
     write_raw(out, profile, seed, split)
-    for kind in ("brain", "knee"):
-        write_manifest(out / kind, f"simulated fastMRI {kind} multicoil files ({profile} profile)")
+    for folder in ("brain", *FOLDERS.values()):
+        write_manifest(out / folder, f"simulated fastMRI multicoil files ({profile} profile)")
     write_manifest(write_sd(out, seed), "stable-diffusion-2-1-base architectures with random weights")
     write_manifest(write_weights(out, seed), "VGG16/19, fastMRI U-Net/VarNet, AlexNet, Inception-v3: random")
     _write_json(out / MANIFEST, {"stand_in": True, "statement": STANDIN_STATEMENT, "profile": profile,

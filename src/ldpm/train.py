@@ -137,8 +137,9 @@ class EpochSampler:
         epoch, i = divmod(step, self.steps_per_epoch)
         order = step_rng(self.seed, 0, epoch).permutation(self.n_items)
         chunk = order[i * self.batch_size:(i + 1) * self.batch_size]
-        if len(chunk) < self.batch_size:  # last partial batch: top up from the start so shapes stay fixed
-            chunk = np.concatenate([chunk, order[: self.batch_size - len(chunk)]])
+        if len(chunk) < self.batch_size:  # last partial batch: top up from the start (cycling over a set smaller
+            # than the batch) so shapes stay fixed
+            chunk = np.concatenate([chunk, np.resize(order, self.batch_size - len(chunk))])
         return np.sort(chunk)
 
 

@@ -25,8 +25,7 @@ from ldpm.data.masks import load_test_masks
 from ldpm.evaluate.metrics import image_metrics
 from ldpm.evaluate.tables import select, write_table_formats
 from ldpm.io import read_images, read_recon, read_table
-from ldpm.method.components import load_sketcher, load_vae, repair
-from ldpm.method.reconstruct import build_ldpm
+from ldpm.method.reconstruct import build_ldpm, load_ldpm_models
 from ldpm.models.latent import decode, encode
 from ldpm.models.swinir import sketcher
 from ldpm.physics import undersample
@@ -46,21 +45,20 @@ def diagnostic_images(gt: np.ndarray, masks: torch.Tensor, weights: dict[str, st
     """{row: (N, H, W) images} for every row computed here, from the ground truth (N, H, W) and its test masks."""
     dev = resolve_device(device)
     weights = {k: Path(v) for k, v in weights.items()}
-    vae = load_vae(weights["mrvae"], hp).to(dev)
-    net = load_sketcher(weights["sketcher"], hp).to(dev)
-    runners = {}
+    models = load_ldpm_models(weights, hp, dev)  # one copy for the sketch, the VAE rows and both LDPM rows
+    vae, runners = models.vae, {}
     for row, kwargs in (("ldpm_zero_condition", {"condition": "zero"}), ("ldpm_unguided", {"use_guidance": False})):
         torch.manual_seed(seed)  # as `ldpm.reconstruct` does: the same noise as LDPM's own run
-        runners[row] = (build_ldpm(weights, hp, dev), kwargs)
+        runners[row] = (build_ldpm(weights, hp, dev, models=models), kwargs)
     out = {row: np.empty_like(gt) for row in ("zero_filled", "sketch", "vae_sketch", "vae_gt", *runners)}
     for start in range(0, len(gt), batch_size):
         sl = slice(start, start + batch_size)
         x, mask = torch.from_numpy(gt[sl])[:, None].to(dev), masks[sl].to(dev)
         k_u, x_u = undersample(x, mask)
-        c = sketcher(x_u, k_u, mask, lambda im: repair(net, im))
+        c = sketcher(x_u, k_u, mask, models.net)
         images = {"zero_filled": x_u, "sketch": c, "vae_sketch": decode(vae, encode(vae, c)).clamp(0, 1),
                   "vae_gt": decode(vae, encode(vae, x)).clamp(0, 1)}
-        images |= {row: run(x_u, k_u, mask, **kwargs) for row, (run, kwargs) in runners.items()}
+        images |= {row: run(x_u, k_u, mask, sketch=c, **kwargs) for row, (run, kwargs) in runners.items()}
         for row, image in images.items():
             out[row][sl] = image[:, 0].float().cpu().numpy()
     return out

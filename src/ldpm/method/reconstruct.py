@@ -22,6 +22,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -45,26 +47,43 @@ def sampler_settings(weights: dict[str, Path], hp: dict) -> dict:
     return settings
 
 
+@dataclass
+class LdpmModels:
+    """The networks one LDPM variant samples with: MRCN ε_θ with its prompt embedding, the VAE, the repair net."""
+    mrcn: nn.Module
+    prompt: torch.Tensor
+    vae: nn.Module
+    net: nn.Module | Callable
+
+
+def load_ldpm_models(weights: dict[str, Path], hp: dict, device: torch.device, *, mr_vae: bool = True,
+                     use_skm: bool = True) -> LdpmModels:
+    model, prompt = load_mrcn(weights, hp)
+    vae = load_vae(weights["mrvae"], hp) if mr_vae else pretrained_vae(weights, hp)
+    # w/o SkM: R is the identity, so c = |DC(x_u, k_u, M)|
+    net = partial(repair, load_sketcher(weights["sketcher"], hp).to(device)) if use_skm else nn.Identity()
+    return LdpmModels(model.to(device), prompt.to(device), vae.to(device).eval(), net)
+
+
 def build_ldpm(weights: dict[str, Path], hp: dict, device: torch.device, *, mr_vae: bool = True,
                use_skm: bool = True, use_dss: bool = True, n_samples: int = 1, final_dc: bool = False,
-               sampler: dict | None = None):
-    """A reconstructor; `run(x_u, k_u, mask, condition="real", use_guidance=None)` also serves the diagnostics:
-    condition "zero" samples with c_latent = 0 and "shuffle" with another image's, use_guidance=False switches
-    the t ≤ p stage off."""
+               sampler: dict | None = None, models: LdpmModels | None = None):
+    """A reconstructor; `run(x_u, k_u, mask, condition="real", use_guidance=None, sketch=None)` also serves the
+    diagnostics: condition "zero" samples with c_latent = 0 and "shuffle" with another image's, use_guidance=False
+    switches the t ≤ p stage off, and `sketch` is a c = |DC(R(x_u))| computed already (the paper SwinIR's forward
+    pass costs more than the rest of a 2-step LDPM sample). `models`: networks loaded already (`load_ldpm_models`
+    with the same mr_vae / use_skm), shared between reconstructors instead of another copy in memory."""
     # Drawn first from the global RNG that `ldpm.reconstruct` seeds with the pipeline seed: batch i then samples
     # with its own generator seeded by (base, i), whatever else uses the global RNG.
     base_seed = int(torch.randint(2**31, ()))
-    model, prompt = load_mrcn(weights, hp)
-    model, prompt = model.to(device), prompt.to(device)
-    vae = (load_vae(weights["mrvae"], hp) if mr_vae else pretrained_vae(weights, hp)).to(device).eval()
-    # w/o SkM: R is the identity, so c = |DC(x_u, k_u, M)|
-    net = partial(repair, load_sketcher(weights["sketcher"], hp).to(device)) if use_skm else nn.Identity()
+    models = models or load_ldpm_models(weights, hp, device, mr_vae=mr_vae, use_skm=use_skm)
+    model, prompt, vae, net = models.mrcn, models.prompt, models.vae, models.net
     s = sampler or sampler_settings(weights, hp)
     batches = itertools.count()
 
     def run(x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, condition: str = "real",
-            use_guidance: bool | None = None) -> torch.Tensor:
-        c_latent = encode(vae, sketcher(x_u, k_u, mask, net))
+            use_guidance: bool | None = None, sketch: torch.Tensor | None = None) -> torch.Tensor:
+        c_latent = encode(vae, sketcher(x_u, k_u, mask, net) if sketch is None else sketch)
         if condition == "zero":
             c_latent = torch.zeros_like(c_latent)
         elif condition == "shuffle":  # each image gets the next image's condition

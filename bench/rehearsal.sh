@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The paper-path rehearsal (issue 14): configs/paper.yaml run end to end with configs/rehearsal.yaml (every paper
+# value but the amounts of work: 1 epoch per stage, Score-MRI N = 2, 2 Dual-Stage Sampler steps) on the stand-in
+# inputs of `ldpm rehearsal-inputs` (random weights in the real architectures, simulated fastMRI files at the real
+# sizes), then the official-weight rows (configs/rehearsal-official.yaml) in a second working directory. Nothing it
+# computes is a result; it proves the paper path, and measures its time and memory, before anyone spends GPU days.
+#
+#   bash bench/rehearsal.sh cpu|gpu [WORKDIR] [--record]      (run from anywhere, in the ldpm environment)
+#
+# cpu: `--profile cpu` inputs (1 training, 1 validation, 3 test slices) and configs/rehearsal-cpu.yaml (batch 1,
+#      Table II = LDPM only): the slow test suite runs this (tests/test_rehearsal.py).
+# gpu: `--profile full` inputs (3 brain subjects, 9 volumes, every Table III column) at the paper's batch sizes, with
+#      device=cuda (bf16 autocast is automatic on CUDA) and train_processes: 1; where `nvidia-smi -L` lists two GPUs,
+#      the training rules again with train_processes: 2 (torchrun, DDP; batch sizes 8 and 16 divide by 2).
+# --record writes bench/rehearsal-MODE.md (times, per-job wall time and peak RSS from Snakemake's `benchmark:`) and
+#      bench/rehearsal-MODE-peaks.csv, which tests/test_rehearsal.py checks profiles/slurm's mem_mb against.
+#
+# Expected time of `gpu` on one H100-class GPU: under 5 min per run by design (inputs ~2-3 min on 16 cores, once,
+# not counted). Training is 1 epoch of 26 slices at the paper batch sizes (4 steps at bs 8, 2 at bs 16) and testing
+# 30 slices (5 brain volumes x 5 + 5 knee). FLOPs per 320² slice (bench/results.md P1, torch.utils.flop_counter,
+# forward): SwinIR-paper (sketcher; SwinMR alike) 2.5 TFLOP, NCSN++ score evaluation 2.05, guidance step (VAE
+# decode + backward) 1.94, SD VAE 0.42 encode / 0.97 decode, SD U-Net + control branch at 40² latents 0.35; LDPM
+# with 2 sampler steps ~7.9 TFLOP per slice, Score-MRI at N = 2 ~8.2. Whole run: training ~0.3 PFLOP (forward +
+# backward ~3x, 7 stages, 2-4 steps each plus validation), reconstructions ~1 PFLOP (30 slices x: LDPM 7.9 x 4 runs
+# + diagnostics, Score-MRI 8.2, SwinMR 2.5, U-Net / VarNet < 1): ~15 s of bf16 compute at a realistic
+# 100 TFLOP/s. The time is start-up: ~50 jobs x (Python and torch import ~5 s; SD-2-1-base and CLIP text encoder
+# load ~10 s in the ~12 LDPM jobs) ~ 3-4 min. The official rows: 8 jobs, ~1 min.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MODE=${1:?usage: bench/rehearsal.sh cpu|gpu [WORKDIR] [--record]}
+WORK=${2:-/tmp/ldpm-rehearsal-$MODE}
+RECORD=${3:-}
+C="$REPO/configs"
+case $MODE in
+    cpu) PROFILE=cpu; LAYERS=("$C/paper.yaml" "$C/rehearsal.yaml" "$C/rehearsal-cpu.yaml"); DEVICE=() ;;
+    gpu) PROFILE=full; LAYERS=("$C/paper.yaml" "$C/rehearsal.yaml"); DEVICE=(--config device=cuda train_processes=1)
+         nvidia-smi -L ;;
+    *) echo "bench/rehearsal.sh: error: mode '$MODE': expected cpu or gpu" >&2; exit 2 ;;
+esac
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
+: > "$WORK/times.tsv"
+
+timed() {  # timed NAME COMMAND...: run, append "NAME<TAB>seconds" to times.tsv, on failure show the log's tail
+    local name=$1 t0=$SECONDS
+    shift
+    "$@" > "$WORK/$name.log" 2>&1 || { echo "$name: FAILED after $((SECONDS - t0)) s, see $WORK/$name.log" >&2
+                                       tail -30 "$WORK/$name.log" >&2; return 1; }
+    printf '%s\t%s\n' "$name" "$((SECONDS - t0))" | tee -a "$WORK/times.tsv"
+}
+
+workflow() {  # workflow NAME [TARGETS / SNAKEMAKE ARGS...]: one run in $WORK/NAME, reading the shared stand-ins
+    local name=$1
+    shift
+    mkdir -p "$WORK/$name"
+    ln -sfn "$WORK/rehearsal" "$WORK/$name/rehearsal"
+    timed "$name" snakemake -s "$REPO/Snakefile" -d "$WORK/$name" --cores all "$@"
+}
+
+[ -f "$WORK/rehearsal/STAND-IN.json" ] || timed inputs python -m ldpm rehearsal-inputs --out "$WORK/rehearsal" \
+    --profile "$PROFILE"
+workflow paper --configfile "${LAYERS[@]}" "${DEVICE[@]}"
+workflow official results/metrics/{unet,varnet}/seed0/equispaced_af8_volumes.csv \
+    --configfile "${LAYERS[@]}" "$C/rehearsal-official.yaml" "${DEVICE[@]}"
+if [ "$MODE" = gpu ] && [ "$(nvidia-smi -L | grep -c '^GPU ')" -ge 2 ]; then
+    workflow train2 --until train --configfile "${LAYERS[@]}" --config device=cuda train_processes=2
+fi
+if [ "$RECORD" = --record ]; then
+    python "$REPO/bench/rehearsal_table.py" "$WORK" --mode "$MODE" --out "$REPO/bench"
+fi
