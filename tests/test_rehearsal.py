@@ -121,6 +121,28 @@ def test_official_layer_is_the_fair_opt_in_and_changes_only_its_keys(stand_in_cw
         validate_config(config)
 
 
+def test_stand_in_inputs_are_found_through_their_manifests_and_bannered_in_the_report(stand_in_cwd):
+    """Every configured input under a STAND-IN.json folder is named (data, SD folder, VGG / official / backbone
+    weights); a real folder beside them is not; the report then opens with the banner, a real run's does not."""
+    from ldpm.config import stand_in_inputs, validate_config
+    from ldpm.evaluate.report import write_report
+
+    config = validate_config(merged("paper.yaml", "rehearsal.yaml", "rehearsal-official.yaml"))
+    assert stand_in_inputs(config) == []  # folders exist, no manifest yet
+    (stand_in_cwd / "rehearsal/STAND-IN.json").write_text("{}")  # what rehearsal-inputs writes at its top
+    (stand_in_cwd / "mine").mkdir()
+    config["data"]["datasets"]["mine"] = {"role": "test", "paths": ["mine"]}
+    found = stand_in_inputs(config)
+    overlays = {**flatten(load("rehearsal.yaml")), **flatten(load("rehearsal-official.yaml"))}
+    expected = {p for key, v in overlays.items() for p in (v if isinstance(v, list) else [v])
+                if isinstance(p, str) and p.startswith("rehearsal/")}
+    assert len(expected) == 9 and found == sorted(expected)  # 3 data folders, SD, 2 VGGs, backbones, 2 official
+    for banner, expected in ((found, True), ([], False)):
+        write_report([], [], [], stand_in_cwd / "report.html", stand_in=banner)
+        page = (stand_in_cwd / "report.html").read_text()
+        assert ("nothing in this report is a result" in page) is expected
+
+
 def test_stand_in_sd_configs_are_the_published_ones():
     """rehearsal.py's SD-2-1-base configs agree with the constants the shape tests use (ldpm.models.latent)."""
     from ldpm import rehearsal
@@ -303,7 +325,8 @@ def test_paper_path_rehearsal_runs_to_the_report_on_cpu(tmp_path):
     assert time.time() - t0 < REHEARSAL_BOUND_S
     paper, official = tmp_path / "paper/results", tmp_path / "official/results"
     assert (paper / "report.html").is_file()
-    assert "STAND-IN" in (paper / "tables/table1_random_af8.md").read_text()
+    assert "nothing in this table is a result" in (paper / "tables/table1_random_af8.md").read_text()
+    assert "nothing in this report is a result" in (paper / "report.html").read_text()
     assert any(p.name.startswith("train_ldpm_mrcn") for p in (paper / "benchmarks").glob("*.tsv"))
     for method in ("unet", "varnet"):  # the official rows: scored on the held-out subject, never trained here
         assert (official / f"metrics/{method}/seed0/equispaced_af8_volumes.csv").is_file()

@@ -235,7 +235,7 @@ def cmd_report(a: argparse.Namespace) -> None:
     from ldpm.evaluate.report import data_section
 
     data_html = (data_section(a.splits, a.source, a.table3, a.main_split, a.ood_splits) if a.splits else "")
-    write_report(a.tables, a.figures, a.texts, a.out, data_html=data_html)
+    write_report(a.tables, a.figures, a.texts, a.out, data_html=data_html, stand_in=a.stand_in)
 
 
 def _test_set_args(s: argparse.ArgumentParser, per_method: bool = False) -> None:
@@ -457,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--table3", nargs="*", default=[], help="Table III csv files: main split beside OOD columns")
     s.add_argument("--main-split", default="all")
     s.add_argument("--ood-splits", type=_json, default=[], help="test_splits names of other-anatomy data (JSON)")
+    s.add_argument("--stand-in", type=_json, default=[], help="configured inputs marked STAND-IN.json (JSON list)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
 

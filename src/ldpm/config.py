@@ -176,3 +176,19 @@ def load_config(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         raise LdpmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return validate_config(raw)
+
+
+STAND_IN_MANIFEST = "STAND-IN.json"  # `ldpm rehearsal-inputs` marks every folder it writes with this file
+
+
+def stand_in_inputs(config: dict) -> list[str]:
+    """The configured input paths (data folders, SD folder, VGG / official / backbone weights) that lie in a folder
+    marked STAND-IN.json: random weights or simulated data from `ldpm rehearsal-inputs`. The report and Table I say
+    that nothing computed from them is a result."""
+    paths = [p for spec in config["data"]["datasets"].values() for p in spec.get("paths") or []]
+    paths += [config["ldpm"]["sd_dir"], config["ldpm"]["vgg_weights"], config["swinmr"]["vgg_weights"],
+              config["evaluation"]["weights_dir"]]
+    paths += [config[m]["weights"] for m in ("unet", "varnet") if config[m]["official"]]
+    marked = {str(p) for p in paths if p and any((d / STAND_IN_MANIFEST).is_file()
+                                                 for d in (Path(p), *Path(p).parents))}
+    return sorted(marked)

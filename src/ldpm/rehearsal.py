@@ -33,10 +33,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ldpm.config import STAND_IN_MANIFEST
+
 log = logging.getLogger("ldpm.rehearsal")
 
 SD_NAME = "stable-diffusion-2-1-base"
-MANIFEST = "STAND-IN.json"
+MANIFEST = STAND_IN_MANIFEST
 STANDIN_STATEMENT = ("STAND-IN written by `ldpm rehearsal-inputs` for the paper-path rehearsal: random weights / "
                      "simulated data in the real layouts. Nothing computed from these files is a result.")
 

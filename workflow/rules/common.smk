@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ldpm import LdpmError
 from ldpm.code_version import code_version
-from ldpm.config import validate_config
+from ldpm.config import stand_in_inputs, validate_config
 from ldpm.method import check_sd_dir
 from ldpm.stages import RECONSTRUCTORS, TRAINERS
 
@@ -78,6 +78,10 @@ TARGETS = []
 # one reruns its dependants. READS[model or method] = [file, ...]
 READS = {}
 TABLE1_NOTES = []  # per-method caveats printed under Table I (e.g. weights not trained here)
+STAND_IN = stand_in_inputs(config)  # inputs from `ldpm rehearsal-inputs`: Table I and the report say so
+if STAND_IN:
+    TABLE1_NOTES.append(f"STAND-IN inputs ({', '.join(STAND_IN)}): random weights / simulated data from `ldpm "
+                        "rehearsal-inputs`; nothing in this table is a result.")
 
 
 def ordered(mapping):

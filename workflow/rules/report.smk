@@ -33,10 +33,11 @@ rule html_report:
         # Table III columns whose data is another anatomy: the test splits that select an `ood` dataset
         ood=as_json([name for name, where in config["test_splits"].items()
                      if config["data"]["datasets"].get(where.get("dataset"), {}).get("role") == "ood"]),
+        stand_in=as_json(STAND_IN),
     conda:
         LDPM_ENV
     shell:
         stage("ldpm.evaluate.report") + "report --tables {input.tables} --figures {input.figures} --texts "
         "{input.audits} "
         "--splits {input.splits} --source {params.source} --table3 {input.table3} --main-split {params.main_split} "
-        "--ood-splits {params.ood} --out {output} > {log} 2>&1"
+        "--ood-splits {params.ood} --stand-in {params.stand_in} --out {output} > {log} 2>&1"

@@ -30,6 +30,7 @@ from unittest import mock
 import numpy as np
 
 from ldpm import LdpmError
+from ldpm.config import STAND_IN_MANIFEST
 from ldpm.io import atomic_output, sha256_file
 
 if TYPE_CHECKING:  # torch is imported where it is used: the Snakefile reads WEIGHTS at DAG time
@@ -92,7 +93,7 @@ def is_stand_in(path: Path) -> bool:
     beside it lists its name with its exact sha256. Such a file is used only with a STAND-IN note in every table."""
     import json
 
-    manifest = path.parent / "STAND-IN.json"
+    manifest = path.parent / STAND_IN_MANIFEST
     if not manifest.is_file():
         return False
     listed = json.loads(manifest.read_text()).get("files", {}).get(path.name)

@@ -18,7 +18,8 @@ STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em aut
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;
 text-align:right}th:first-child,td:first-child{text-align:left}caption{caption-side:top;text-align:left;
 font-weight:600;padding:.3em 0}.note{font-size:.85em;color:#555}pre{background:#f6f6f6;padding:.6em;
-overflow-x:auto;font-size:.8em}img{max-width:100%}"""
+overflow-x:auto;font-size:.8em}img{max-width:100%}
+.standin{background:#fde8e8;border:2px solid #c0392b;padding:.6em}"""
 
 
 def markdown_html(md_text: str) -> str:
@@ -96,8 +97,18 @@ def data_section(split_csvs: list[str | Path], source: str, table3_csvs: list[st
     return "".join(parts)
 
 
+def stand_in_banner(stand_in: list[str]) -> str:
+    if not stand_in:
+        return ""
+    return ('<p class="standin"><b>STAND-IN inputs: nothing in this report is a result.</b> These inputs are random '
+            "weights or simulated data written by <code>ldpm rehearsal-inputs</code> (a rehearsal of the paper path): "
+            + ", ".join(f"<code>{html.escape(p)}</code>" for p in stand_in) + ".</p>")
+
+
 def write_report(tables: list[str | Path], figures: list[str | Path], texts: list[str | Path], out: str | Path,
-                 title: str = "LDPM benchmark", data_html: str = "") -> None:
+                 title: str = "LDPM benchmark", data_html: str = "", stand_in: list[str] = ()) -> None:
+    """`stand_in`: configured inputs marked STAND-IN.json (ldpm.config.stand_in_inputs); a banner above everything
+    then says that no number or figure on the page is a result."""
     from ldpm.provenance import git_state
 
     git = git_state()
@@ -107,7 +118,8 @@ def write_report(tables: list[str | Path], figures: list[str | Path], texts: lis
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f'<p class="note">{html.escape(identity)}. Every file named here has a provenance record under '
              f"<code>results/provenance/records/</code> (<code>results/x/y</code> → <code>x/y.json</code>); "
-             f"<code>ldpm audit &lt;file&gt;</code> prints its chain back to the raw data.</p>", data_html,
+             f"<code>ldpm audit &lt;file&gt;</code> prints its chain back to the raw data.</p>",
+             stand_in_banner(stand_in), data_html,
              "<h2>Tables</h2>"]
     parts += [table_html(Path(t)) for t in tables]
     parts += ["<h2>Figures</h2>", *[figure_html(Path(f)) for f in figures]]
