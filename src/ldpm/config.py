@@ -97,9 +97,12 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
 def check_semantics(config: dict) -> None:
     """Relations between keys that a JSON schema cannot state."""
     data, masks = config["data"], config["masks"]
-    if data["image_size"] > data["crop_size"]:
-        raise LdpmError(f"config key data.image_size: {data['image_size']} > data.crop_size {data['crop_size']}; "
-                        f"images are only ever shrunk after cropping")
+    crops = {"data.crop_size": data["crop_size"]} | {f"data.datasets.{name}.crop_size": spec["crop_size"]
+                                                    for name, spec in data["datasets"].items() if "crop_size" in spec}
+    for key, crop in crops.items():
+        if data["image_size"] > crop:
+            raise LdpmError(f"config key {key}: {crop} < data.image_size {data['image_size']}; images are only ever "
+                            f"shrunk after cropping")
     ldpm = config["ldpm"]
     # LDPM's latent must pass the U-Net's down/up path whole: image_size / VAE factor / 2^(U-Net levels − 1).
     vae_factor, unet_down = (8, 8) if ldpm["sd_dir"] else (ldpm["vae"]["latent_factor"],
