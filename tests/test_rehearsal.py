@@ -1,7 +1,8 @@
 """The paper-path rehearsal (issue 14): configs/rehearsal.yaml changes configs/paper.yaml only at the keys its header
 lists (amounts of work, stand-in paths), configs/rehearsal-cpu.yaml only at its own; the stand-ins of
 `ldpm rehearsal-inputs` load through the real loaders, and only as marked stand-ins; the merged configs dry-run
-(SLURM profile too); the slow test runs the whole workflow on CPU (see bench/results.md for its time and memory).
+(SLURM profile too); the slow test runs the whole workflow on CPU (bench/rehearsal.sh; time and memory in
+bench/rehearsal-cpu.md).
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from ldpm.config import STAND_IN_MANIFEST
 log = logging.getLogger("ldpm.rehearsal")
 
 SD_NAME = "stable-diffusion-2-1-base"
-MANIFEST = STAND_IN_MANIFEST
 STANDIN_STATEMENT = ("STAND-IN written by `ldpm rehearsal-inputs` for the paper-path rehearsal: random weights / "
                      "simulated data in the real layouts. Nothing computed from these files is a result.")
 
@@ -359,8 +358,8 @@ def write_manifest(folder: Path, what: str) -> Path:
     from ldpm.io import sha256_file
 
     files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
-    path = folder / MANIFEST
+             if p.is_file() and p.name != STAND_IN_MANIFEST}
+    path = folder / STAND_IN_MANIFEST
     _write_json(path, {"stand_in": True, "statement": STANDIN_STATEMENT, "what": what, "files": files})
     return path
 
@@ -378,7 +377,7 @@ def generate(out: str | Path, profile: str = "cpu", seed: int = 0, split: dict |
         write_manifest(out / folder, f"simulated fastMRI multicoil files ({profile} profile)")
     write_manifest(write_sd(out, seed), "stable-diffusion-2-1-base architectures with random weights")
     write_manifest(write_weights(out, seed), "VGG16/19, fastMRI U-Net/VarNet, AlexNet, Inception-v3: random")
-    _write_json(out / MANIFEST, {"stand_in": True, "statement": STANDIN_STATEMENT, "profile": profile,
+    _write_json(out / STAND_IN_MANIFEST, {"stand_in": True, "statement": STANDIN_STATEMENT, "profile": profile,
                                  "seed": seed})
     log.info("rehearsal inputs (%s profile) in %.0f s -> %s", profile, time.perf_counter() - t0, out)
     return out
