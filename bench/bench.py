@@ -179,7 +179,7 @@ def _stage(tmp: Path, index_csv: Path, n_shards: int) -> dict:
 
     import pandas as pd
 
-    from ldpm.data.preprocess import SHARD_DIR, read_index_text, shard_rows_sha256
+    from ldpm.data.preprocess import SHARD_DIR, read_index_text, shard_files, shard_rows_sha256
 
     work = tmp / f"shards{n_shards}"
     shutil.rmtree(work, ignore_errors=True)
@@ -195,10 +195,13 @@ def _stage(tmp: Path, index_csv: Path, n_shards: int) -> dict:
     splits.to_csv(work / "splits.csv", index=False)
     text = read_index_text(index_csv)
     t0 = time.perf_counter()
-    _wait(*[_job("preprocess-shard", "--index", str(index_csv), "--volumes", json.dumps(list(vols)),
-                 "--rows-sha256", shard_rows_sha256(text, list(vols)), "--params", pre,
-                 "--out-h5", str(work / SHARD_DIR / f"{shard}.h5"), "--out-csv", str(work / SHARD_DIR / f"{shard}.csv"))
-            for shard, vols in splits.groupby("shard", sort=False)["volume"]])
+    jobs = []  # started at once
+    for shard, vols in splits.groupby("shard", sort=False)["volume"]:
+        h5, csv = shard_files(work / SHARD_DIR, "brain", shard)  # the bench data is one dataset
+        jobs.append(_job("preprocess-shard", "--index", str(index_csv), "--volumes", json.dumps(list(vols)),
+                         "--rows-sha256", shard_rows_sha256(text, list(vols)), "--params", pre,
+                         "--out-h5", str(h5), "--out-csv", str(csv)))
+    _wait(*jobs)
     t_shards = time.perf_counter() - t0
     t0 = time.perf_counter()
     _wait(_job("gather", "--splits", str(work / "splits.csv"), "--out-dir", str(work)))

@@ -8,7 +8,7 @@
 #   bash bench/rehearsal.sh cpu|gpu [WORKDIR] [--record]      (run from anywhere, in the ldpm environment)
 #
 # cpu: `--profile cpu` inputs (1 training, 1 validation, 3 test slices) and configs/rehearsal-cpu.yaml (batch 1,
-#      Table II = LDPM only): the slow test suite runs this (tests/test_rehearsal.py).
+#      Table II = LDPM and the two retrained ablations): the slow test suite runs this (tests/test_rehearsal.py).
 # gpu: `--profile full` inputs (3 brain subjects, 9 volumes, every Table III column) at the paper's batch sizes, with
 #      device=cuda (bf16 autocast is automatic on CUDA) and train_processes: 1; where `nvidia-smi -L` lists two GPUs,
 #      the training rules again with train_processes: 2 (torchrun, DDP; batch sizes 8 and 16 divide by 2).

@@ -41,13 +41,14 @@ def prepared(tmp_path_factory, datasets) -> Path:
     return out
 
 
-def snakemake(workdir: Path, *args: str, env: dict | None = None, cores: int | None = 2) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, env: dict | None = None, cores: int | None = 2,
+              cwd: Path | None = None) -> subprocess.CompletedProcess:
     # An empty torch hub cache: the perceptual metrics must read n/a here even where a user has the weights.
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                         "TORCH_HOME": str(workdir / "torch_home")} | (env or {})
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                            *(["--cores", str(cores)] if cores else []), *args], capture_output=True, text=True, env=env,
-                          timeout=900)
+                          timeout=900, cwd=cwd)
 
 
 def small_config() -> dict:

@@ -14,7 +14,8 @@ from fastmri.data.transforms import center_crop
 
 from ldpm import LdpmError
 from ldpm.data.preprocess import (assign_splits, build_index, nominal_field, plan_shards, preprocess,
-                                  read_index_text, read_volume_info, shard_rows_sha256, split_table, volume_slices)
+                                  read_index_text, read_volume_info, shard_files, shard_rows_sha256, split_table,
+                                  volume_slices)
 from ldpm.io import read_images
 
 
@@ -336,12 +337,14 @@ def test_split_shard_gather_commands_equal_the_single_job(prepared, tmp_path, ca
     text = read_index_text(index_csv)
     shards = splits.groupby("shard", sort=False)["volume"].agg(list)
     assert len(shards) > 2 and list(shards.index) == list(dict.fromkeys(splits.shard))
+    dataset_of = dict(zip(splits.shard, splits.dataset))
     for shard, volumes in shards.items():
+        h5, csv = shard_files(data / "shards", dataset_of[shard], shard)
         assert main(["preprocess-shard", "--index", str(index_csv), "--volumes", json.dumps(volumes),
                      "--rows-sha256", shard_rows_sha256(text, volumes), "--params", json.dumps(PRE),
-                     "--out-h5", str(data / "shards" / f"{shard}.h5"),
-                     "--out-csv", str(data / "shards" / f"{shard}.csv")]) == 0
-    assert main(["gather", "--splits", str(data / "splits.csv"), "--out-dir", str(data)]) == 0
+                     "--out-h5", str(h5), "--out-csv", str(csv)]) == 0
+    for split in ("train", "val", "test"):  # one job per split, as the workflow runs them
+        assert main(["gather", "--splits", str(data / "splits.csv"), "--split", split, "--out-dir", str(data)]) == 0
     _assert_same_split_files(tmp_path, data)
 
     # a shard planned from other index rows than the index holds now, and a missing shard: one-line errors
@@ -353,7 +356,7 @@ def test_split_shard_gather_commands_equal_the_single_job(prepared, tmp_path, ca
                    "--out-csv", str(tmp_path / "x.csv"))
     assert "changed since the shard was planned" in line
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.csv").exists()
-    (data / "shards" / f"{shards.index[-1]}.h5").unlink()
+    shard_files(data / "shards", dataset_of[shards.index[-1]], shards.index[-1])[0].unlink()
     line = run_cli(capsys, "gather", "--splits", str(data / "splits.csv"), "--out-dir", str(tmp_path / "g"))
     assert f"shard {shards.index[-1]} missing" in line and not (tmp_path / "g").exists()
 
@@ -412,7 +415,7 @@ def test_workflow_reruns_only_the_shard_of_a_changed_or_added_raw_file(tmp_path,
         result = snakemake(tmp_path, target)
         out = result.stdout + result.stderr
         assert result.returncode == 0, out[-3000:]
-        return re.findall(r"wildcards: shard=(\S+)", out)
+        return re.findall(r"wildcards: dataset=\S+, shard=(\S+)", out)
 
     def shard_of(volume: str) -> str:
         splits = pd.read_csv(tmp_path / "results/data/splits.csv")
@@ -449,15 +452,43 @@ def test_volume_names_that_read_as_numbers(tmp_path, raw_dir, capsys):
     assert main(["split", "--index", str(tmp_path / "index.csv"), "--params", json.dumps(SPLIT | {"shard_size": 2}),
                  "--out", str(data / "splits.csv")]) == 0
     for shard, volumes in plan.items():
+        h5, csv = shard_files(data / "shards", "brain", shard)
         assert main(["preprocess-shard", "--index", str(tmp_path / "index.csv"), "--volumes", json.dumps(volumes),
                      "--rows-sha256", shard_rows_sha256(text, volumes), "--params", json.dumps(PRE),
-                     "--out-h5", str(data / "shards" / f"{shard}.h5"),
-                     "--out-csv", str(data / "shards" / f"{shard}.csv")]) == 0
+                     "--out-h5", str(h5), "--out-csv", str(csv)]) == 0
     assert main(["gather", "--splits", str(data / "splits.csv"), "--out-dir", str(data)]) == 0
     expected = tmp_path / "expected"
     expected.mkdir()
     _single_job_reference(tmp_path / "index.csv", expected, seed=0, **PRE, **SPLIT)
     _assert_same_split_files(expected, data)
+
+
+def test_a_datasets_own_drop_last_slices_keeps_its_one_slice_volume(tmp_path, raw_dir):
+    """data.datasets.<name>.drop_last_slices (dataset_drop): a test folder's one-slice volume keeps its slice with 0
+    while a brain volume still drops its last 3; with the global setting alone the volume is refused, naming the
+    per-dataset key."""
+    from ldpm.data.preprocess import preprocess_shard
+
+    one = tmp_path / "one"
+    one.mkdir()
+    src = sorted((raw_dir / "ood").glob("*.h5"))[0]
+    shutil.copy(src, one / f"one_{src.name}")
+    with h5py.File(one / f"one_{src.name}", "a") as fh:
+        kspace = fh["kspace"][:1]
+        del fh["kspace"]
+        fh["kspace"] = kspace
+    datasets = {"brain": {"role": "in_distribution", "paths": [str(raw_dir / "brain")]},
+                "one": {"role": "test", "paths": [str(one)]}}
+    index = build_index(datasets, [], tmp_path / "index.csv")
+    volumes = [index.volume.iloc[0], f"one_{src.stem}"]
+    preprocess_shard(tmp_path / "index.csv", volumes, tmp_path / "s.h5", tmp_path / "s.csv", dataset_drop={"one": 0},
+                     **PRE)
+    rows = pd.read_csv(tmp_path / "s.csv")
+    assert rows.groupby("dataset").size().to_dict() == {"brain": index.n_slices.iloc[0] - 3, "one": 1}
+    with pytest.raises(LdpmError, match=r"1 slices but data.drop_last_slices=3 drops them all.*"
+                                        r"data.datasets.one.drop_last_slices"):
+        preprocess_shard(tmp_path / "index.csv", volumes, tmp_path / "r.h5", tmp_path / "r.csv", **PRE)
+    assert not (tmp_path / "r.h5").exists()
 
 
 def test_test_fraction_zero_holds_out_no_in_distribution_subject(prepared):
@@ -484,7 +515,7 @@ def test_your_own_fastmri_folder_is_an_extra_test_dataset_of_the_embedded_defaul
     cfg["data"]["datasets"]["mine"] = {"role": "test", "paths": [str(mine)], "crop_size": 48}
     cfg["test_splits"]["mine"] = {"dataset": "mine"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    result = snakemake(tmp_path, "results/data/test.csv")
+    result = snakemake(tmp_path, *(f"results/data/{split}.csv" for split in ("train", "val", "test")))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {split: pd.read_csv(tmp_path / f"results/data/{split}.csv") for split in ("train", "val", "test")}
     assert (rows["test"].dataset == "mine").sum() > 0

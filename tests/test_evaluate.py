@@ -525,32 +525,6 @@ def test_html_report_renders_tables_with_captions_notes_and_inlined_figures(tmp_
     assert page.count("<tr>") == 3  # header + two rows; the md separator line is not a row
 
 
-def test_one_clipping_policy_for_every_method(tmp_path, monkeypatch):
-    """The reconstruct stage, not the methods, clips: negatives to 0, values above the data range kept (the range
-    comes from the fully-sampled volume, which no method may know). Score-MRI and LDPM return raw outputs."""
-    import inspect
-
-    from ldpm import stages
-    from ldpm.baselines.score_mri import score_mri_sample
-    from ldpm.reconstruct import reconstruct
-    from ldpm.sampling.dual_stage import dual_stage_sample
-
-    fake_test_set(tmp_path)
-    monkeypatch.setitem(stages.RECONSTRUCTORS, "overshoot", f"{__name__}:overshooting_method")
-    reconstruct("overshoot", tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "masks.npz", tmp_path / "o.h5",
-                device="cpu")
-    with h5py.File(tmp_path / "o.h5") as fh:
-        out = fh["recon"][:]
-    assert out.min() == 0 and out.max() > 1.5  # clipped below, not above
-    for sampler in (score_mri_sample, dual_stage_sample):  # no method-level clipping left behind
-        assert "clamp(0, 1)" not in inspect.getsource(sampler) and "clamp" not in inspect.signature(sampler).parameters
-
-
-def overshooting_method(weights, hp, device):
-    """A registered stand-in whose output leaves [0, 1] on both sides."""
-    return lambda x_u, k_u, mask: 4 * x_u - 0.5
-
-
 def test_report_data_section_counts_subjects_and_puts_ood_beside_the_main_split(tmp_path):
     from ldpm.evaluate.report import EMBEDDED_LIMITS, data_section
 

@@ -176,14 +176,14 @@ def test_eq11_guidance_step_is_a_gradient_step_on_eq10(tiny):
     torch.testing.assert_close(kspace_loss(xd, k_u, mask, "sum") / n_sampled, kspace_loss(xd, k_u, mask, "mean"))
 
 
-def test_eq12_passes_a_correction_through_whole_and_the_posterior_form_a_fraction():
-    """Eq. 12 moves z_{t−1} by √ᾱ_{t−1}·Δ for a correction Δ of ẑ0 (DC or guidance); DiffBIR's posterior mean by
-    c1·Δ = √ᾱ_{t−1} β_t/(1−ᾱ_t)·Δ. Without a correction both give the same step (hand-computed coefficients)."""
+def test_eq12_passes_a_dc_correction_whole_and_the_posterior_form_a_fraction():
+    """A DC replacement ẑ0 → ẑ0 + Δ moves z_{t−1} by √ᾱ_{t−1}·Δ under eq. 12 and by c1·Δ = √ᾱ_{t−1} β_t/(1−ᾱ_t)·Δ
+    under DiffBIR's posterior mean. Without a correction both give the same step (hand-computed coefficients)."""
     s = spaced_timesteps(1000, 20)
-    i = 17  # a step inside the guidance stage (t ≤ 200)
+    i = 5  # a step inside the DC stage (t > 200)
     a, a_prev, beta, var = (float(v[i]) for v in (s.alphas_cumprod, s.alphas_cumprod_prev, s.betas,
                                                   s.posterior_variance))
-    assert int(s.timesteps[i]) <= 200
+    assert int(s.timesteps[i]) > 200
     g = torch.Generator().manual_seed(0)
     z0, eps, delta = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
     z_t = a ** 0.5 * z0 + (1 - a) ** 0.5 * eps
@@ -193,12 +193,12 @@ def test_eq12_passes_a_correction_through_whole_and_the_posterior_form_a_fractio
     moved_post = posterior_mean(z0 + delta, z_t, a, a_prev, beta) - posterior_mean(z0, z_t, a, a_prev, beta)
     torch.testing.assert_close(moved_eq12, a_prev ** 0.5 * delta)
     torch.testing.assert_close(moved_post, a_prev ** 0.5 * beta / (1 - a) * delta)
-    assert beta / (1 - a) < 0.6  # the posterior form keeps only part of the correction (0.57 at this step)
+    assert beta / (1 - a) < 0.5  # the posterior form keeps only part of a DC correction (0.34 at this step)
 
 
 def test_guidance_scale_conventions():
-    """DiffBIR's convention multiplies g by 3000 on a mean loss (its cond_fn); the literal one takes g as printed."""
-    assert guidance_step_size(0.1, "diffbir") == (pytest.approx(300.0), "mean")
+    """DiffBIR's convention: 3000·g on a mean loss, ×4 for its [−1, 1] range (its cond_fn); literal: g as printed."""
+    assert guidance_step_size(0.1, "diffbir") == (pytest.approx(1200.0), "mean")
     assert guidance_step_size(0.1, "literal", "sum") == (0.1, "sum")
     with pytest.raises(ValueError, match="guidance_norm: mean"):
         guidance_step_size(0.1, "diffbir", "sum")
@@ -231,6 +231,122 @@ def test_latent_dc_moves_the_decoded_estimate_towards_the_measurements():
     after = kspace_loss(decode(vae, latent_dc(z0, k_u, mask, vae)), k_u, mask, "sum")
     # the magnitude of eq. 9 makes it not exact, but far closer than before
     assert (after < 0.1 * before).all(), (before, after)
+
+
+def _centred_fft(x):
+    """fastMRI's centred orthonormal FFT, written with torch.fft directly (not through ldpm.physics)."""
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+
+
+def _centred_ifft(k):
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+
+
+def _toy_eps(z, t):
+    """A deterministic, non-linear ε-predictor: enough to make every step's ẑ0 different."""
+    return 0.3 * torch.tanh(z) + 1e-4 * t.view(-1, 1, 1, 1).float()
+
+
+@pytest.mark.parametrize("step_form", ["eq12", "posterior"])
+def test_sampler_with_dc_and_guidance_is_the_hand_written_loop(step_form):
+    """The whole Dual-Stage Sampler with both stages on, against a loop written here from the paper's equations
+    with its own FFT, DC, guidance gradient and coefficients (numpy from SD's ᾱ): eq. 9 replaces ẑ0 for t > p,
+    eq. 11's correction Δ = −s∇δ reaches z_{t−1} whole for t ≤ p, and U is eq. 12 or the posterior mean."""
+    vae = _PixelShuffleVAE()  # exact: E(D(z)) = z, D(z) = (pixel_shuffle(z) + 1) / 2 (the [−1, 1] convention)
+    x, mask = _phantom(b=2, h=16, w=16), _mask(b=2, w=16)
+    k_u = _centred_fft(x.to(torch.complex64)) * mask
+    steps, p, g = 6, 400, 0.01
+    out = dual_stage_sample(_toy_eps, (2, 4, 8, 8), k_u, mask, vae=vae, num_steps=steps, p=p, guidance_scale=g,
+                            step_form=step_form, generator=torch.Generator().manual_seed(3), progress=False)
+
+    abar = sd_noise_scheduler().alphas_cumprod.double().numpy()
+    ts = [999, 799, 599, 400, 200, 0]  # 6 evenly spaced steps of 0..999, both ends included
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 4, 8, 8, generator=gen)
+    for i, t in enumerate(ts):
+        a = abar[t]
+        a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
+        beta = 1 - a / a_prev
+        var = beta * (1 - a_prev) / (1 - a)
+        eps = _toy_eps(z, torch.full((2,), t))
+        z0 = (z - np.sqrt(1 - a) * eps) / np.sqrt(a)
+        correction = 0.0
+        if t > p:  # eq. 9: decode, restore the measured lines, magnitude, encode
+            image = (F.pixel_shuffle(z0, 2) + 1) / 2
+            z0 = F.pixel_unshuffle(_centred_ifft(_centred_fft(image) * (1 - mask) + k_u).abs() * 2 - 1, 2)
+        else:  # eqs. 10–11, DiffBIR's scale: 3000·4·g on the mean over sampled entries
+            zg = z0.clone().requires_grad_(True)
+            residual = ((_centred_fft((F.pixel_shuffle(zg, 2) + 1) / 2) - k_u) * mask).abs().pow(2)
+            delta = residual.sum((1, 2, 3)) / mask.expand_as(residual).sum((1, 2, 3))
+            (grad,) = torch.autograd.grad(delta.sum(), zg)
+            correction = -3000 * 4 * g * grad
+        if step_form == "eq12":
+            z = np.sqrt(a_prev) * z0 + np.sqrt(max(1 - a_prev - var, 0.0)) * eps
+        else:
+            z = np.sqrt(a_prev) * beta / (1 - a) * z0 + np.sqrt(1 - beta) * (1 - a_prev) / (1 - a) * z
+        z = z + correction
+        if i + 1 < len(ts):
+            z = z + np.sqrt(var) * torch.randn(z.shape, generator=gen)
+    torch.testing.assert_close(out.latent, z.float(), atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("p", [0, 400, 999])
+def test_dc_runs_above_p_and_guidance_at_or_below_it_never_both(monkeypatch, p):
+    """A spy on the two stages: which timesteps reach latent DC (eq. 9) and which the guidance step (eq. 11)."""
+    import ldpm.sampling.dual_stage as dss
+
+    log = []
+    real_dc, real_guidance = dss.latent_dc, dss.guidance_step
+
+    def eps_fn(z, t):
+        log.append(["t", int(t[0])])
+        return _toy_eps(z, t)
+
+    monkeypatch.setattr(dss, "latent_dc", lambda *a, **k: log.append(["dc"]) or real_dc(*a, **k))
+    monkeypatch.setattr(dss, "guidance_step", lambda *a, **k: log.append(["guidance"]) or real_guidance(*a, **k))
+    vae, x, mask = _PixelShuffleVAE(), _phantom(b=1, h=16, w=16), _mask(b=1, w=16)
+    k_u, _ = undersample(x, mask)
+    dss.dual_stage_sample(eps_fn, (1, 4, 8, 8), k_u, mask, vae=vae, num_steps=6, p=p,
+                          generator=torch.Generator().manual_seed(0), progress=False)
+    stages = {}  # t -> the stages that ran in its step
+    for entry in log:
+        if entry[0] == "t":
+            current = stages.setdefault(entry[1], [])
+        else:
+            current.append(entry[0])
+    assert list(stages) == [999, 799, 599, 400, 200, 0]
+    assert stages == {t: ["dc"] if t > p else ["guidance"] for t in stages}
+
+
+def test_diffbir_convention_is_diffbirs_step_at_full_sampling():
+    """Parseval: with every k-space line sampled, δ (mean over entries) is the image MSE on [0, 1]. DiffBIR's
+    MSEGuidance differentiates the MSE of the [−1, 1] RGB decode against the target, ×3000·g. Our step in the
+    diffbir convention must be that step (a VAE whose decode has three equal channels, so RGB is exact)."""
+    vae = _PixelShuffleVAE()
+    y = _phantom(b=2, h=16, w=16, seed=1)
+    full = torch.ones(2, 1, 1, 16)
+    k_full, _ = undersample(y, full)
+    z0 = encode(vae, _phantom(b=2, h=16, w=16, seed=2))
+    g = 0.1
+    ours, _ = guidance_step(z0, k_full, full, vae, *guidance_step_size(g, "diffbir"))
+    z = z0.clone().requires_grad_(True)
+    pred_rgb = vae.decode(z / vae.config.scaling_factor).sample  # DiffBIR decodes to [−1, 1] RGB
+    target_rgb = (y * 2 - 1).expand(-1, 3, -1, -1)
+    (grad,) = torch.autograd.grad((pred_rgb - target_rgb).pow(2).mean((1, 2, 3)).sum(), z)
+    torch.testing.assert_close(ours, z0 - 3000 * g * grad, rtol=1e-4, atol=1e-5)
+
+
+def test_guidance_runs_in_fp32_under_bf16_autocast(tiny):
+    """The reconstruct stage samples under bf16 autocast on CUDA; the guidance gradient must not (CPU autocast
+    stands in: it lowers the decoder's convolutions to bf16 the same way)."""
+    x, mask = _phantom(), _mask()
+    k_u, _ = undersample(x, mask)
+    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    reference, _ = guidance_step(z0, k_u, mask, tiny.vae, 50.0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert decode(tiny.vae, z0).dtype == torch.bfloat16  # autocast does reach the decoder
+        guided, _ = guidance_step(z0, k_u, mask, tiny.vae, 50.0)
+    torch.testing.assert_close(guided, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_dual_stage_runs_both_stages(tiny):

@@ -154,3 +154,54 @@ def test_equispaced_masks_and_the_real_acceleration_csv(tmp_path):
         make_test_masks(ids, 16, 12, 0.3, 0, tmp_path / "bad.npz", out_csv=tmp_path / "bad.csv")
     assert not (tmp_path / "bad.npz").exists() and not (tmp_path / "bad.csv").exists()
 
+
+
+def test_masks_per_slice_is_unchanged_and_per_volume_shares_one_mask_per_volume(tmp_path):
+    """masks.per slice (the default) gives today's masks, seeded by (seed, AF, slice id), file for file; per volume
+    every slice of a volume gets the one mask seeded by (seed, AF, volume) and volumes differ. The CLI takes the
+    volumes from the test CSV; Table I's caption names the choice; the config reaches the masks and tables jobs."""
+    from conftest import small_config, snakemake
+    from ldpm.io import stable_seed
+
+    vols = [f"file_brain_{v}" for v in range(6) for _ in range(3)]
+    ids = [f"{v}:{i % 3:03d}" for i, v in enumerate(vols)]
+    default = make_test_masks(ids, 320, 8, 0.04, 0, tmp_path / "d.npz", out_csv=tmp_path / "d.csv")
+    today = np.stack([sample_mask(320, 8, 0.04, stable_seed(0, 8, sid)) for sid in ids])
+    np.testing.assert_array_equal(default, today)
+    make_test_masks(ids, 320, 8, 0.04, 0, tmp_path / "s.npz", out_csv=tmp_path / "s.csv", per="slice", volumes=vols)
+    assert (tmp_path / "d.csv").read_bytes() == (tmp_path / "s.csv").read_bytes()
+    with np.load(tmp_path / "d.npz") as a, np.load(tmp_path / "s.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+    per_volume = make_test_masks(ids, 320, 8, 0.04, 0, tmp_path / "v.npz", per="volume", volumes=vols)
+    for k in range(6):
+        block = per_volume[3 * k:3 * k + 3]
+        assert (block == block[0]).all(), "every slice of a volume has its volume's mask"
+        np.testing.assert_array_equal(block[0], sample_mask(320, 8, 0.04, stable_seed(0, 8, vols[3 * k])))
+    assert len({m.tobytes() for m in per_volume}) == 6, "each volume has its own mask"
+    with pytest.raises(LdpmError, match="masks.per volume needs the volume of every test slice"):
+        make_test_masks(ids, 320, 8, 0.04, 0, tmp_path / "x.npz", per="volume")
+
+    write_images(tmp_path / "test.h5", np.zeros((len(ids), 4, 320), np.float32))
+    pd.DataFrame({"slice_id": ids, "volume": vols}).to_csv(tmp_path / "test.csv", index=False)
+    test_set = ["--test-h5", str(tmp_path / "test.h5"), "--test-csv", str(tmp_path / "test.csv")]
+    assert main(["masks", *test_set, "--acceleration", "8", "--center-fraction", "0.04", "--per", "volume",
+                 "--out", str(tmp_path / "cli.npz")]) == 0
+    with np.load(tmp_path / "cli.npz") as f:
+        np.testing.assert_array_equal(f["masks"], per_volume)
+
+    _fake_test_set(tmp_path)
+    metrics = evaluate(tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "recon.h5", tmp_path / "masks.npz",
+                       "unet", 8, tmp_path / "vm.csv", tmp_path / "sm.csv")
+    for per in ("slice", "volume"):
+        table1(metrics, ["unet"], {}, 8, tmp_path / f"t1_{per}", mask_per=per)
+        assert f"random masks (one per test {per};" in (tmp_path / f"t1_{per}.md").read_text().splitlines()[0]
+
+    cfg = small_config()
+    cfg["masks"]["per"] = "volume"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    planned = snakemake(tmp_path, "-n", "-p")
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    commands = planned.stdout.splitlines()
+    assert any(" masks " in c and "--per volume" in c for c in commands), planned.stdout[-3000:]
+    assert any(" tables " in c and "--mask-per volume" in c for c in commands), planned.stdout[-3000:]

@@ -5,8 +5,10 @@ Sources: [LDPM] /work/shared/paper (section III-A unless noted); [SwinMR] Huang 
 options/SwinMR/train_swinmr_CCnpi_G1D30.json + data/dataset_CCsagnpi.py; [Score-MRI] Chung & Ye 2022 and HJ-harry/
 score-MRI (configs/ve/fastmri_knee_320_ncsnpp_continuous.py on score_sde's default_lsun_configs, inference_real.py);
 [fastMRI] facebookresearch/fastMRI fastmri_examples/{unet,varnet}/*_brain_leaderboard_20201111.py (the scripts behind
-the official brain weights the paper uses); [DiffBIR] XPixelGroup/DiffBIR (README, configs/train/train_stage2.yaml).
-Reads YAML and validates only: no model is built.
+the official brain weights the paper uses); [DiffBIR] XPixelGroup/DiffBIR (README, configs/train/train_stage2.yaml);
+[SD] CompVis/latent-diffusion: the kl-f8 autoencoder config (LPIPSWithDiscriminator, disc_start 50001) and
+ldm/modules/losses/contperceptual.py, whose discriminator is taming-transformers' NLayerDiscriminator.
+Reads YAML and validates; the only model built is the MR-VAE's discriminator (2.8M parameters, one 320² forward).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def test_data_and_masks(paper):
     assert masks["train"]["accelerations"] == [8]  # [LDPM] one AF throughout
     assert masks["center_fractions"][8] == 0.04  # [fastMRI] Zbontar et al. 2018: 8x keeps the central 4% of lines
     assert masks["train"]["center_fractions"] == [0.04]  # [fastMRI] same pairing in training
-    # Cartesian 1D random masks [LDPM] are not a config key: ldpm.data.masks always uses fastMRI's RandomMaskFunc.
+    assert masks["types"] == ["random"]  # [LDPM] "Cartesian 1D random undersampling mask" (fastMRI RandomMaskFunc)
 
 
 def test_table_rows_and_columns(paper):
@@ -161,6 +163,90 @@ def test_dual_stage_sampler(paper):
     assert paper["ldpm"]["tuning"]["grid"] == {}  # every value above is the paper's: none is replaced by tuning
 
 
+def test_mrvae_discriminator_is_sd_kl_f8s(paper):
+    """[SD] LPIPSWithDiscriminator(disc_num_layers=3) builds NLayerDiscriminator(input_nc=3, ndf=64, n_layers=3,
+    BatchNorm): 3 stride-2 and 1 stride-1 4x4 convs (64-128-256-512) and a 1-channel conv, 2,765,633 parameters
+    (3*64*16+64 + 64*128*16+256 + 128*256*16+512 + 256*512*16+1024 + 512*16+1), 38x38 logits at 320x320."""
+    import torch
+
+    from ldpm.losses import PatchDiscriminator
+
+    v = paper["ldpm"]["mrvae"]
+    assert v["disc_channels"] == 64  # [SD] NLayerDiscriminator ndf=64 (LPIPSWithDiscriminator passes none)
+    assert v["disc_layers"] == 3  # [SD] LPIPSWithDiscriminator disc_num_layers=3
+    assert v["adaptive_gan_weight"] is True  # [SD] LPIPSWithDiscriminator.calculate_adaptive_weight
+    disc = PatchDiscriminator(in_chans=3, ndf=v["disc_channels"], n_layers=v["disc_layers"]).eval()
+    assert sum(p.numel() for p in disc.parameters()) == 2_765_633
+    with torch.no_grad():
+        assert disc(torch.zeros(1, 3, 320, 320)).shape == (1, 1, 38, 38)
+
+
+# Schema keys configs/paper.yaml leaves at their default although they shape a paper model or loss (or the masks
+# every model sees): the value and its source. A key that configs/paper.yaml sets is asserted in the tests above.
+PAPER_DEFAULTS = {
+    "unet.drop_prob": (0.0, "[fastMRI] unet_brain_leaderboard: drop_prob=0.0"),
+    "data.normalise": ("gt_max", "the schema's 'paper's protocol': every input divided by its ground-truth volume "
+                                 "maximum, as stored"),
+    "masks.types": (["random"], "[LDPM III-A] 'Cartesian 1D random undersampling mask' (fastMRI RandomMaskFunc)"),
+    "masks.train.type": ("random", "[LDPM III-A] the same random masks in training"),
+    "masks.per": ("slice", "not in [LDPM] (silent on per-slice or per-volume test masks); today's protocol"),
+    "ldpm.mrvae.adaptive_gan_weight": (True, "[SD] LPIPSWithDiscriminator scales the GAN term by "
+                                             "calculate_adaptive_weight at the decoder's last layer"),
+    "ldpm.mrvae.scale_images": (1024, "not in [LDPM]; [SD] LatentDiffusion scale_by_std: 1/std of the latents of "
+                                      "its first training batch; 1024 evenly spaced training images here"),
+    "ldpm.mrcn.noise_draws": (1, "[DiffBIR]/[SD] LatentDiffusion.p_losses: one (t, eps) per image and step"),
+    "ldpm.sampler.guidance_norm": ("mean", "[DiffBIR] restoration guidance on a mean squared error; read only by "
+                                           "guidance_convention literal"),
+}
+# Schema keys that shape no paper model or loss, by prefix: why.
+NOT_MODEL_OR_LOSS = {
+    "seed": "splits, test masks, statistics", "training_seeds": "repeats", "device": "hardware",
+    "train_processes": "hardware (DDP gives the same steps)", "methods": "Table I rows (asserted above)",
+    "test_splits": "Table III columns", "main_split": "Table I's split", "validation_slices": "monitoring only",
+    "evaluation.": "metrics and statistics", "data.embedded.": "embedded data generator (data.source fastmri)",
+    "data.extra_acquisitions": "index labels", "data.shard_size": "preprocessing jobs",
+    "ldpm.vae.": "embedded tiny VAE: with ldpm.sd_dir set, SD-2-1-base's own configs replace it",
+    "ldpm.unet.": "embedded tiny U-Net: with ldpm.sd_dir set, SD-2-1-base's own configs replace it",
+    "ldpm.natural": "embedded stand-ins for SD's pretraining (not built with ldpm.sd_dir)",
+    "ldpm.tuning.val_slices": "the tuning grid is empty", "ldpm.posterior_samples": "ldpm_mean_k, beyond the paper",
+    "unet.batch_size": "training batch; fastMRI: 1 slice on each of 32 GPUs, not reproduced (the schema's 8)",
+    "varnet.batch_size": "training batch; fastMRI: 1 slice on each of 32 GPUs, not reproduced (the schema's 8)",
+}
+
+
+def _schema_keys(schema: dict, prefix: str = ""):
+    for key, sub in schema.get("properties", {}).items():
+        if sub.get("type") == "object" and "properties" in sub:
+            yield from _schema_keys(sub, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _flat(value, prefix: str = "") -> dict:
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
+def test_every_model_or_loss_key_is_set_in_paper_yaml_or_a_sourced_default(paper):
+    """Walks every schema key: configs/paper.yaml sets it, or PAPER_DEFAULTS gives the default's source, or it shapes
+    no paper model or loss (NOT_MODEL_OR_LOSS). A new key, or one left at a tiny embedded default, fails here."""
+    from ldpm.config import load_schema
+
+    raw = _flat(yaml.safe_load((REPO / "configs" / "paper.yaml").read_text()))
+    flat = _flat(paper)
+    for key in _schema_keys(load_schema()):
+        if key.endswith(".ckpt_every") or any(key.startswith(p) for p in NOT_MODEL_OR_LOSS):
+            continue  # checkpoint cadence and the keys above shape no model or loss
+        if key in PAPER_DEFAULTS:
+            value, source = PAPER_DEFAULTS[key]
+            assert flat[key] == value, f"{key}: {flat[key]!r}, expected {value!r} ({source})"
+        else:
+            assert key in raw or any(k.startswith(f"{key}.") for k in raw), \
+                f"{key} shapes a paper model or loss but takes the schema default: set it in configs/paper.yaml " \
+                f"with its source (and assert it above), or add it to PAPER_DEFAULTS / NOT_MODEL_OR_LOSS"
+
+
 def test_official_weights_are_refused_on_their_own_training_subjects(tmp_path):
     """official: true with test volumes from a dataset in trained_on stops at validation with the key named; the
     documented fair setup (held-out `role: test` data, test_fraction 0) passes."""
@@ -183,3 +269,37 @@ def test_official_weights_are_refused_on_their_own_training_subjects(tmp_path):
     raw["unet"]["trained_on"] = []
     with pytest.raises(LdpmError, match=r"^config key unet\.trained_on: required"):
         validate_config(raw)
+
+
+def test_official_weights_guard_checks_trained_on_names_and_test_folders(tmp_path):
+    """trained_on must name configured datasets (a renamed dataset is refused, not silently unchecked), and a test
+    dataset whose folder is, or lies inside, a trained_on folder (resolved: symlinks too) is refused; a folder beside
+    it with a shared name prefix, and trained_on folders given as paths, work."""
+    from ldpm import LdpmError
+    from ldpm.config import validate_config
+
+    raw = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
+    train, val, knee, held = (tmp_path / n for n in ("train", "val", "knee", "val_heldout"))
+    for d in (train, val, val / "subset", knee, held):
+        d.mkdir()
+    (tmp_path / "val_link").symlink_to(val)
+    raw["data"]["datasets"] = {"fastmri_brain": {"role": "in_distribution", "paths": [str(train), str(val)]},
+                               "knee": {"role": "ood", "paths": [str(knee)]},
+                               "mine": {"role": "test", "paths": [str(held)]}}
+    raw["data"]["split"]["test_fraction"] = 0
+    raw["unet"]["official"] = True  # trained_on is still [brain]: the dataset was renamed
+    with pytest.raises(LdpmError, match=r"^config key unet\.trained_on: 'brain' is not a data\.datasets entry"):
+        validate_config(raw)
+    raw["unet"]["trained_on"] = ["fastmri_brain"]
+    validate_config(raw)  # val_heldout shares val's name prefix, not its folder
+    for copy in (val, val / "subset", tmp_path / "val_link", f"{tmp_path}/train/../val"):
+        raw["data"]["datasets"]["mine"]["paths"] = [str(held), str(copy)]
+        with pytest.raises(LdpmError, match=r"^config key data\.datasets\.mine\.paths: test folder .* lies in .*val"
+                                            r", which unet's official weights were trained on"):
+            validate_config(raw)
+    # training data this run does not read: its folders as trained_on paths
+    raw["unet"]["trained_on"] = [f"{tmp_path}/elsewhere/multicoil_train", str(val)]
+    with pytest.raises(LdpmError, match=r"^config key data\.datasets\.mine\.paths: .*\(unet\.trained_on: /"):
+        validate_config(raw)
+    raw["data"]["datasets"]["mine"]["paths"] = [str(held)]
+    validate_config(raw)

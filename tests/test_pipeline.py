@@ -40,7 +40,7 @@ def test_snakefile_end_to_end(finished_run):
         assert record["code_version"] or out.startswith("data/"), out
     assert not list((tmp_path / "results").rglob("*.prov.json"))  # records are kept out of the output folders
     audit = (tmp_path / "results/provenance/audit_random_af8.txt").read_text()
-    assert "results/data/index.csv" in audit and "results/raw/embedded/brain/" in audit and "CHANGED" not in audit
+    assert "results/data/index/brain.csv" in audit and "results/raw/embedded/brain/" in audit and "CHANGED" not in audit
     assert (tmp_path / "results/tables/table2_random_af8.csv").exists()
     assert (tmp_path / "results/figures/fig3.png").exists()
     curves = list((tmp_path / "results/figures/training/seed0").glob("*.png"))  # one per trained model

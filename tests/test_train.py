@@ -96,3 +96,23 @@ def test_a_checkpoint_from_other_settings_or_inputs_is_not_resumed(prepared, tmp
         fh.write(b"\0")  # h5 ignores trailing bytes; the sha256 does not
     assert train(HP | {"epochs": 1, "lr": 3e-3}, tmp_path / "ck2", tmp_path / "f.safetensors", data) == 0
     assert "set aside" in caplog.text
+
+
+def test_weights_of_the_same_tensors_and_metadata_are_the_same_bytes(tmp_path):
+    """A resumed or rerun stage re-saves its weights; identical tensors and metadata must give an identical file, or
+    the sha256 in a downstream model's checkpoint identity changes and that model trains again from scratch
+    (safetensors itself writes the metadata keys in a random order)."""
+    from safetensors import safe_open
+
+    from ldpm.weights import save_weights
+
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Conv2d(2, 2, 3).half())
+    metadata = {f"key{i}": f"value {i}" for i in range(8)} | {"scaling_factor": "0.18215", "é": "ü/\\"}
+    files = [tmp_path / f"w{i}.safetensors" for i in range(6)]
+    for path in files:
+        save_weights(module, path, metadata=dict(reversed(metadata.items())))
+    assert len({p.read_bytes() for p in files}) == 1
+    with safe_open(str(files[0]), "pt") as fh:
+        assert fh.metadata() == metadata
+        for name, tensor in module.state_dict().items():
+            assert torch.equal(fh.get_tensor(name), tensor)

@@ -45,6 +45,17 @@ def test_training_seeds_are_a_wildcard_and_the_tables_read_every_seed(tmp_path):
     assert out.count("ldpm masks ") == 1 and out.count("ldpm train unet") == 2
 
 
+def test_ablations_sample_with_the_full_models_tuned_settings(tmp_path):
+    """Table II's rows inherit LDPM's validation-tuned sampler settings (its caption says so): every LDPM-family
+    reconstruction reads the one tuning file of its protocol, and no ablation is tuned on its own."""
+    out = plan(tmp_path, small_config())
+    tuned = "results/ldpm/seed0/sampler_random_af8.json"
+    for method in ("ldpm", "ldpm_no_mrvae", "ldpm_no_skm", "ldpm_no_dss"):
+        line = next(line for line in out.splitlines() if f"ldpm reconstruct {method} " in line)
+        assert tuned in line, method
+    assert out.count("ldpm tune-sampler ") == 1
+
+
 # ---------------------------------------------------------------- what a change reruns, on a finished run
 
 def planned_jobs(workdir, *args, env=None) -> set[str]:
@@ -94,19 +105,125 @@ def test_params_are_canonical_reordered_keys_and_spelled_out_defaults_rerun_noth
     assert {"tables"} <= planned_jobs(finished_run, "--configfile", str(config))
 
 
-def test_a_code_change_reruns_the_stages_that_run_that_code(finished_run, tmp_path):
-    """The Snakefile reads ldpm from a copy of src/ where the Dual-Stage Sampler has one more line: the LDPM
-    reconstructions (and what reads them) rerun, no training job does."""
+def planned_outputs(workdir, *args, env=None, cwd=None) -> set[str]:
+    """The output files of the jobs `snakemake -n` would run: what a change reruns, per output path (two jobs of
+    one rule, e.g. U-Net's and LDPM's reconstructions, told apart)."""
+    result = snakemake(workdir, "-n", *args, env=env, cwd=cwd, cores=None if "--cores" in args else 2)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return {path for line in result.stdout.splitlines() if line.strip().startswith("output: ")
+            for path in line.split("output: ", 1)[1].split(", ")}
+
+
+def edited_src(tmp_path, module: str):
+    """A copy of src/ where `module` (a path below src/ldpm) has one more line: PYTHONPATH for the Snakefile."""
     import shutil
 
     from conftest import REPO
 
-    shutil.copytree(REPO / "src", tmp_path / "src")
-    sampler = tmp_path / "src/ldpm/sampling/dual_stage.py"
-    sampler.write_text(sampler.read_text() + "\n# an edit\n")
-    jobs = planned_jobs(finished_run, env={"PYTHONPATH": str(tmp_path / "src")})
-    assert {"reconstruct", "metrics", "tables", "ldpm_tune_sampler"} <= jobs
-    assert not jobs & {"train", "embedded_data", "training_curve", "masks"}
+    src = tmp_path / module.replace("/", "_")
+    shutil.copytree(REPO / "src", src)
+    path = src / "ldpm" / module
+    path.write_text(path.read_text() + "\n# an edit\n")
+    return {"PYTHONPATH": str(src)}
+
+
+TRAINED_ELSEWHERE = ("unet", "varnet", "swinmr", "score_mri")
+
+
+def test_a_code_change_reruns_the_jobs_that_run_that_code_and_no_other(finished_run, tmp_path):
+    """The code version is per job: an edit to the Dual-Stage Sampler reruns the LDPM-family reconstructions, the
+    tuning and the diagnostics, and no training and no other method's job; an edit to Score-MRI reruns its training
+    and reconstruction and what reads them, and no LDPM or other baseline job."""
+    planned = planned_outputs(finished_run, env=edited_src(tmp_path, "sampling/dual_stage.py"))
+    for method in ("ldpm", "ldpm_no_mrvae", "ldpm_no_skm", "ldpm_no_dss", "ldpm_final_dc", "ldpm_mean_k"):
+        assert f"results/recon/{method}/seed0/random_af8.h5" in planned, method
+    assert {"results/ldpm/seed0/sampler_random_af8.json", "results/tables/ldpm_diagnostics_random_af8.csv",
+            "results/tables/table1_random_af8.csv"} <= planned
+    for method in ("zero_filled", *TRAINED_ELSEWHERE):
+        assert f"results/recon/{method}/seed0/random_af8.h5" not in planned, method
+        assert f"results/metrics/{method}/seed0/random_af8_volumes.csv" not in planned, method
+    assert not [p for p in planned if p.startswith(("results/models/", "results/figures/training/", "results/data/"))]
+
+    planned = planned_outputs(finished_run, env=edited_src(tmp_path, "baselines/score_mri.py"))
+    assert {"results/models/seed0/score_mri.safetensors", "results/recon/score_mri/seed0/random_af8.h5",
+            "results/metrics/score_mri/seed0/random_af8_volumes.csv", "results/tables/table1_random_af8.csv"} <= planned
+    others = [p for p in planned if "score_mri" not in p and p.startswith(
+        ("results/models/", "results/recon/", "results/metrics/", "results/ldpm/", "results/figures/training/"))]
+    assert others == ["results/metrics/perceptual/seed0/random_af8.csv"]  # LPIPS/rFID over every method
+    assert not [p for p in planned if "ldpm" in p or "table2" in p or "fig3" in p]
+
+    # shared code still counts for every job: ldpm.reconstruct reruns every method's sampling, no training
+    planned = planned_outputs(finished_run, env=edited_src(tmp_path, "reconstruct.py"))
+    for method in ("zero_filled", "ldpm", *TRAINED_ELSEWHERE):
+        assert f"results/recon/{method}/seed0/random_af8.h5" in planned, method
+    assert not [p for p in planned if p.startswith("results/models/")]
+
+
+def test_a_test_folder_added_with_the_readme_recipe_retrains_nothing(finished_run, tmp_path, raw_dir):
+    """README's recipe for your own folder, run as written (its mine.yaml, its command line, dry): it works, and on a
+    finished run it indexes and preprocesses only the new folder and rewrites only test.h5. train.h5 and val.h5 are
+    not rewritten, so no model is retrained and neither the training curves nor the sampler tuning rerun; the
+    embedded data's shards (whose params hold only their own dataset's settings) are not reprocessed either."""
+    import re
+    import shlex
+    import shutil
+    import textwrap
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    recipe = re.search(r"```yaml\n(\s*# mine\.yaml\n.*?)```", readme, re.S)
+    command = re.search(r"```bash\n\s*(snakemake [^\n]*--configfile config\.yaml mine\.yaml[^\n]*)\n", readme)
+    assert recipe and command, "README: the mine.yaml block and its command line"
+    mine = tmp_path / "h5s"
+    mine.mkdir()
+    for src in sorted((raw_dir / "ood").glob("*.h5"))[:1]:
+        shutil.copy(src, mine / f"mine_{src.name}")
+    (finished_run / "mine.yaml").write_text(textwrap.dedent(recipe.group(1)).replace("/path/to/h5s", str(mine)))
+    try:
+        argv = shlex.split(command.group(1))
+        planned = planned_outputs(finished_run, *argv[1:], cwd=finished_run)
+    finally:
+        (finished_run / "mine.yaml").unlink()
+    assert {"results/data/index/mine.csv", "results/data/test.h5", "results/recon/unet/seed0/random_af8.h5",
+            "results/tables/table3_random_af8.csv"} <= planned
+    assert not {"results/data/train.h5", "results/data/val.h5", "results/data/index/brain.csv"} & planned
+    assert not [p for p in planned if p.startswith(("results/models/", "results/figures/training/", "results/ldpm/",
+                                                    "results/data/shards/"))]
+
+
+def test_a_datasets_own_setting_reprocesses_only_its_shards(finished_run, tmp_path):
+    """data.datasets.ood.drop_last_slices lowered below data.drop_last_slices: the ood shards are reprocessed with it
+    (their params hold only ood's settings) and test.h5 is rewritten; no brain shard, no train / val file, no
+    model."""
+    cfg = yaml.safe_load((finished_run / "config.yaml").read_text())
+    lowered = cfg["data"]["datasets"]["ood"]["drop_last_slices"] = cfg["data"]["drop_last_slices"] - 1
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = snakemake(finished_run, "-n", "-p", "--configfile", str(config))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    planned = {p for line in result.stdout.splitlines() if line.strip().startswith("output: ")
+               for p in line.split("output: ", 1)[1].split(", ")}
+    shards = [p for p in planned if p.startswith("results/data/shards/")]
+    assert shards and all(p.startswith("results/data/shards/ood/") for p in shards)
+    assert "results/data/test.h5" in planned
+    assert not {"results/data/train.h5", "results/data/val.h5"} & planned
+    assert not [p for p in planned if p.startswith(("results/models/", "results/data/index/"))]
+    shard_commands = [line for line in result.stdout.splitlines() if " preprocess-shard " in line]
+    assert shard_commands and all(f'"dataset_drop": {{"ood": {lowered}}}' in c and "brain" not in c
+                                  for c in shard_commands)
+
+
+def test_a_table3_column_over_several_datasets(tmp_path):
+    """A test split whose filter is a list (one column over several datasets) plans like any other column; it is
+    an other-anatomy column of the report only when every dataset it selects is ood."""
+    cfg = small_config()
+    cfg["test_splits"] |= {"both": {"dataset": ["brain", "ood"]}, "ood_list": {"dataset": ["ood"]}}
+    out = plan(tmp_path, cfg)
+    report = next(line for line in out.splitlines() if " ldpm report " in line)
+    assert "--ood-splits '[\"OOD\", \"ood_list\"]'" in report
+    tables = next(line for line in out.splitlines() if " ldpm tables " in line)
+    assert '["both", {"dataset": ["brain", "ood"]}]' in tables
 
 
 # ---------------------------------------------------------------- conventions: lint, software environment

@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+SPLIT_NAMES = ("train", "val", "test")  # ldpm.data.preprocess.SPLITS, without importing pandas / h5py here
+
 
 def _json(text: str):
     try:
@@ -61,7 +63,7 @@ def cmd_preprocess_shard(a: argparse.Namespace) -> None:
 def cmd_gather(a: argparse.Namespace) -> None:
     from ldpm.data.preprocess import gather
 
-    gather(a.splits, a.out_dir)
+    gather(a.splits, a.out_dir, tuple(a.split) if a.split else SPLIT_NAMES)
 
 
 def cmd_masks(a: argparse.Namespace) -> None:
@@ -69,8 +71,10 @@ def cmd_masks(a: argparse.Namespace) -> None:
     from ldpm.io import read_images, read_table
 
     width = read_images(a.test_h5).shape[-1]
-    make_test_masks(read_table(a.test_csv)["slice_id"].tolist(), width, a.acceleration, a.center_fraction,
-                    a.seed, a.out, mask_type=a.mask_type, out_csv=a.out_csv)
+    table = read_table(a.test_csv)
+    make_test_masks(table["slice_id"].tolist(), width, a.acceleration, a.center_fraction,
+                    a.seed, a.out, mask_type=a.mask_type, out_csv=a.out_csv, per=a.per,
+                    volumes=table["volume"].astype(str).tolist() if "volume" in table else None)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -106,7 +110,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> None:
     from ldpm.reconstruct import reconstruct
 
     reconstruct(a.method, a.test_h5, a.test_csv, a.masks, a.out, weights=a.weights, hp=a.hp,
-                batch_size=a.batch_size, device=a.device, seed=a.seed)
+                batch_size=a.batch_size, device=a.device, seed=a.seed, normalise=a.normalise)
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
@@ -145,8 +149,9 @@ def cmd_tables(a: argparse.Namespace) -> None:
     out = Path(a.out_dir)
     tag = f"{a.mask_type}_af{a.acceleration}"  # the {mask}_af{af} of the workflow's file names
     table1(volumes, a.methods, a.test_splits[a.main_split], a.acceleration, out / f"table1_{tag}", perceptual,
-           a.notes, mask_type=a.mask_type)
-    table3(volumes, a.methods, a.test_splits, a.acceleration, out / f"table3_{tag}", mask_type=a.mask_type)
+           a.notes, mask_type=a.mask_type, normalise=a.normalise, mask_per=a.mask_per)
+    table3(volumes, a.methods, a.test_splits, a.acceleration, out / f"table3_{tag}", mask_type=a.mask_type,
+           mask_per=a.mask_per)
     if a.recon:
         compute_table(a.recon, a.methods, a.acceleration, out / f"compute_{tag}", mask_type=a.mask_type)
 
@@ -178,14 +183,14 @@ def cmd_tune_sampler(a: argparse.Namespace) -> None:
     from ldpm.method.tuning import tune_sampler
 
     tune_sampler(a.val_h5, a.val_csv, a.weights, a.hp, a.acceleration, a.center_fraction, a.seed, a.out_json,
-                 a.out_csv, device=a.device, mask_type=a.mask_type)
+                 a.out_csv, device=a.device, mask_type=a.mask_type, normalise=a.normalise)
 
 
 def cmd_ldpm_diagnostics(a: argparse.Namespace) -> None:
     from ldpm.method.diagnostics import ldpm_diagnostics
 
     ldpm_diagnostics(a.test_h5, a.test_csv, a.masks, a.recon, a.weights, a.hp, a.test_splits, a.acceleration,
-                     a.seed, a.out_stem, device=a.device, mask_type=a.mask_type)
+                     a.seed, a.out_stem, device=a.device, mask_type=a.mask_type, normalise=a.normalise)
 
 
 def cmd_figure3(a: argparse.Namespace) -> None:
@@ -238,6 +243,12 @@ def cmd_report(a: argparse.Namespace) -> None:
     write_report(a.tables, a.figures, a.texts, a.out, data_html=data_html, stand_in=a.stand_in)
 
 
+def _normalise_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--normalise", choices=["gt_max", "input"], default="gt_max",
+                   help="config data.normalise: the measurement as stored (divided by the ground-truth volume max, "
+                   "the paper's protocol) or divided by each zero-filled slice's max, output scaled back")
+
+
 def _test_set_args(s: argparse.ArgumentParser, per_method: bool = False) -> None:
     """The preprocessed test set; with per_method, one reconstruction file per method too."""
     s.add_argument("--test-h5", required=True)
@@ -273,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_preprocess)
 
     s = sub.add_parser("split", help="splits.csv: subject-level split and shard of every indexed volume")
-    s.add_argument("--index", required=True)
+    s.add_argument("--index", required=True, nargs="+", help="index.csv, or one index file per dataset in order")
     s.add_argument("--params", type=_json, required=True, help="val_fraction, test_fraction, shard_size")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
@@ -291,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("gather", help="{train,val,test}.{h5,csv} from splits.csv and the shards/ beside it")
     s.add_argument("--splits", required=True)
     s.add_argument("--out-dir", required=True)
+    s.add_argument("--split", action="append", choices=SPLIT_NAMES,
+                   help="write only this split's files (repeatable; default: all three)")
     s.set_defaults(func=cmd_gather)
 
     s = sub.add_parser("masks", help="fixed, seeded test masks for one acceleration")
@@ -299,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
                    help="config masks.types value (file names, captions)")
     s.add_argument("--out-csv", help="real acceleration of every mask (CSV)")
+    s.add_argument("--per", choices=["slice", "volume"], default="slice",
+                   help="config masks.per: one mask per test slice, or one per volume (fastMRI's protocol)")
     s.add_argument("--center-fraction", type=float, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
@@ -310,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="final weights (.safetensors)")
     s.add_argument("--ckpt-dir", required=True, help="resumable checkpoints")
     s.add_argument("--hp", type=_json, required=True)
-    s.add_argument("--masks", type=_json, required=True, help="{accelerations, center_fractions} for training")
+    s.add_argument("--masks", type=_json, required=True, help="{accelerations, center_fractions[, type, normalise]}: "
+                   "the measurement training simulates (normalise: config data.normalise, default gt_max)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--val-slices", type=int, default=32,
@@ -333,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    _normalise_arg(s)
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("metrics", help="per-volume and per-slice PSNR/SSIM/NMSE/HFEN/k-space residual")
@@ -367,11 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--acceleration", type=int, required=True)
     s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
                    help="config masks.types value (file names, captions)")
+    s.add_argument("--mask-per", choices=["slice", "volume"], default="slice", help="config masks.per (captions)")
     s.add_argument("--perceptual", nargs="*", default=[],
                    help="csv files of `ldpm perceptual` (one per training seed); without them LPIPS/rFID/KID read n/a")
     s.add_argument("--recon", nargs="*", default=[], help="reconstructions: their cost attrs → compute_af<AF>")
     s.add_argument("--notes", type=_json, default=[], help="extra Table I footnotes (JSON list), e.g. weights caveats")
     s.add_argument("--out-dir", required=True)
+    _normalise_arg(s)  # Table I's caption names the rule
     s.set_defaults(func=cmd_tables)
 
     s = sub.add_parser("stats", help="bootstrap CIs over subjects, paired sign-flip tests by subject of LDPM vs "
@@ -421,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out-json", required=True, help="chosen settings")
     s.add_argument("--out-csv", required=True, help="every grid row with its validation PSNR")
+    _normalise_arg(s)
     s.set_defaults(func=cmd_tune_sampler)
 
     s = sub.add_parser("ldpm-diagnostics", help="where LDPM's latent route loses or gains, per test split")
@@ -436,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--out-stem", required=True, help="writes <stem>.csv, .md and .tex")
+    _normalise_arg(s)
     s.set_defaults(func=cmd_ldpm_diagnostics)
 
     s = sub.add_parser("figure3", help="Fig 3: MR-VAE vs natural-image VAE reconstructions, metrics CSV")

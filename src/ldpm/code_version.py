@@ -1,8 +1,10 @@
 """The version of a stage's code, for Snakemake's `code` rerun trigger.
 
-Snakemake reruns a job when its rule's shell text changes. The rules put `code_version(modules)` into that text,
-so editing a module a stage runs (or one it imports, transitively) reruns that stage and its dependants, and
-editing an unrelated module reruns nothing. Imports are read statically with `ast` (also those inside functions:
+Snakemake reruns a job when its rule's shell text changes (the `code` trigger) or one of its params does. Rules
+that run one stage put `code_version(modules)` into that text; the generic `train` and `reconstruct` rules, which
+run a different model or method per job, pass `entry_version` of the job's registry entry as a param. Either way,
+editing a module a stage runs (or one it imports, transitively) reruns that stage and its dependants, and editing
+an unrelated module reruns nothing. Imports are read statically with `ast` (also those inside functions:
 the stages import lazily), so the Snakefile pays no torch import for it.
 """
 
@@ -70,4 +72,13 @@ def code_version(modules: list[str]) -> str:
     digest = hashlib.sha256()
     for path in module_closure(modules):
         digest.update(str(path.relative_to(PACKAGE_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def entry_version(entry: str, shared: list[str]) -> str:
+    """The code version of one registry entry "module:function" (ldpm.stages TRAINERS / RECONSTRUCTORS): its
+    module's closure, the `shared` modules every such job runs (ldpm.train, ldpm.reconstruct), and the entry itself
+    (pointing a model at another function is a change). One value per job, so that an edit to one method's code
+    reruns that method's jobs and no other method's."""
+    digest = hashlib.sha256(entry.encode() + b"\0" + code_version([*shared, entry.split(":")[0]]).encode())
     return digest.hexdigest()[:12]

@@ -153,21 +153,42 @@ def datasets_in_test(config: dict) -> list[str]:
 
 def check_official_weights(config: dict) -> None:
     """`official: true` only where no test volume comes from data the official weights were trained on (a row of
-    Table I must never be evaluated on its own training subjects)."""
+    Table I must never be evaluated on its own training subjects).
+
+    `trained_on` entries are data.datasets names, or folders (an entry with a '/') for training data this run does
+    not read, e.g. at the embedded scale. Checked by name and by resolved folder: a test dataset whose folder is, or
+    lies inside, a training folder is refused. A copy of training files in another folder (under other names) cannot
+    be caught this way; only hashing fastMRI's training set could, which this run does not have."""
+    datasets = config["data"]["datasets"]
     for model in ("unet", "varnet"):
         block = config[model]
         if not block["official"] or model not in config["methods"]:
             continue
         if not block["trained_on"]:
             raise LdpmError(f"config key {model}.trained_on: required when {model}.official is true; list the "
-                            f"data.datasets fastMRI's official weights were trained on (its brain multicoil_train "
-                            f"and multicoil_val)")
+                            f"data.datasets (or folders) fastMRI's official weights were trained on (its brain "
+                            f"multicoil_train and multicoil_val)")
+        unknown = [n for n in block["trained_on"] if "/" not in n and n not in datasets]
+        if unknown:  # a stale name (a renamed dataset) would make the checks below compare nothing
+            raise LdpmError(f"config key {model}.trained_on: '{unknown[0]}' is not a data.datasets entry (have: "
+                            f"{', '.join(datasets)}); name the datasets the official weights were trained on, or "
+                            f"give their folders as paths containing '/'")
         seen = sorted(set(block["trained_on"]) & set(datasets_in_test(config)))
         if seen:
             raise LdpmError(f"config key {model}.official: the test set draws volumes from {', '.join(seen)}, which "
                             f"the official weights were trained on ({model}.trained_on); test them only on datasets "
                             f"they never saw (role: test, with data.split.test_fraction: 0) or set {model}.official: "
                             f"false to train {model} here")
+        trained = [(entry, Path(p).resolve()) for entry in block["trained_on"]
+                   for p in ([entry] if "/" in entry else datasets[entry].get("paths") or [])]
+        for name in datasets_in_test(config):
+            for path in datasets[name].get("paths") or []:
+                test_dir = Path(path).resolve()
+                for entry, train_dir in trained:
+                    if test_dir == train_dir or train_dir in test_dir.parents:
+                        raise LdpmError(f"config key data.datasets.{name}.paths: test folder {path} lies in {train_dir}"
+                                        f", which {model}'s official weights were trained on ({model}.trained_on: "
+                                        f"{entry}); test on folders outside it or set {model}.official: false")
 
 
 def load_config(path: str | Path) -> dict:

@@ -5,8 +5,9 @@ Images here are in the VAE's space: (B, 3, H, W) in [-1, 1] (see `ldpm.models.la
 GAN: a PatchGAN discriminator with the hinge loss for D and −E[D(x̂)] for the generator, as in
 taming-transformers / SD's VAE training. λ is either the fixed weight of eq. 5 (`last_layer=None`) or, as in SD's
 VAE training, multiplied by the adaptive weight ‖∇_w L_rec‖/‖∇_w L_GAN‖ at the decoder's last layer w, which makes
-λ the size of the GAN gradient relative to the reconstruction gradient. With a fixed λ = 0.65 the unbounded −E[D(x̂)]
-term outgrows the L1 term and wrecks the reconstructions (measured: MR-VAE PSNR 28 → 11 dB on the embedded data).
+λ the size of the GAN gradient relative to the reconstruction gradient; with a fixed λ nothing bounds the −E[D(x̂)]
+term against the L1 term. (An earlier measurement of that, made before eq. 5 took SD's per-image sums, no longer
+applies and was dropped; the adaptive weight is the default because it is SD's recipe.)
 A caller that wants a discriminator warm-up passes lam=0 for the first steps (`disc_start`).
 
 Normalisation of eq. 5 (one convention for every term): per-image SUMS, averaged over the batch, as in

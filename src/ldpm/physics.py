@@ -37,3 +37,44 @@ def data_consistency(image: torch.Tensor, kspace_u: torch.Tensor, mask: torch.Te
 def kspace_residual(image: torch.Tensor, kspace_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Squared k-space error on the sampled lines, ‖(F(image) − k_u)·M‖², summed over the last two axes (eq. 10)."""
     return ((fft2(image) - kspace_u) * mask).abs().pow(2).sum(dim=(-2, -1))
+
+
+def clip_output(image: torch.Tensor) -> torch.Tensor:
+    """The one output policy (`ldpm.reconstruct`): negatives become 0, since a magnitude image is non-negative; no
+    upper clip, because the natural bound (1) is the fully-sampled volume's maximum, which no method may know. Here,
+    beside the forward model, so training code uses it without depending on the reconstruct stage's code."""
+    return image.clamp_min(0)
+
+
+NORMALISE_RULES = ("gt_max", "input")  # config data.normalise
+
+
+def _checked(rule: str) -> str:
+    if rule not in NORMALISE_RULES:
+        raise ValueError(f"data.normalise must be one of {', '.join(NORMALISE_RULES)}, got {rule!r}")
+    return rule
+
+
+def input_scale(x_u: torch.Tensor, rule: str) -> torch.Tensor | None:
+    """The factor a measurement is divided by before a method sees it (config `data.normalise`), (B, 1, 1, 1):
+    - "gt_max" (the paper's protocol): None. The slices are stored divided by their ground-truth volume maximum
+      (`ldpm.data.preprocess`), so the measurement already carries that scale;
+    - "input": each zero-filled slice's maximum, max |x_u|: known from the measurement alone, so no method learns
+      the ground truth's scale. Per slice, because training draws slices, not volumes.
+    """
+    if _checked(rule) == "gt_max":
+        return None
+    return x_u.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(x_u.dtype).tiny)
+
+
+def scaled_method(run, rule: str):
+    """`run(x_u, k_u, mask, **kw)` fed the measurement under `rule` (`input_scale`), its output multiplied back into
+    the units of the stored slices, which every metric compares against. Under "gt_max", `run` itself."""
+    if _checked(rule) == "gt_max":
+        return run
+
+    def scaled(x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        s = input_scale(x_u, rule)
+        return run(x_u / s, k_u / s, mask, **kwargs) * s
+
+    return scaled

@@ -3,9 +3,14 @@
 Each method is a `Reconstructor`: a callable (x_u, k_u, mask) → image, all (B,1,H,W), built by the factory
 registered for it in `ldpm.stages.RECONSTRUCTORS` from the method's weight files and hyperparameters.
 
-One output policy for every method, here and nowhere else (`clip_output`): negative values are set to 0, since a
-magnitude image is non-negative; there is no upper bound, because the natural one (1) is the fully-sampled volume's
-maximum, which a reconstruction cannot know. Methods return their raw output.
+One output policy for every method (`clip_output`, defined in `ldpm.physics`): negative values are set to 0, since
+a magnitude image is non-negative; there is no upper bound, because the natural one (1) is the fully-sampled
+volume's maximum, which a reconstruction cannot know. Methods return their raw output; every place that scores or
+shows a method's output (this stage, the sampler tuning, the LDPM diagnostics, training-time validation, Fig 3)
+clips it with this function.
+
+The measurement reaches the method scaled by `data.normalise` (`ldpm.physics.scaled_method`): as stored ("gt_max",
+the paper's protocol) or divided by each zero-filled slice's maximum ("input"), the output multiplied back.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from tqdm import tqdm
 from ldpm import LdpmError
 from ldpm.data.masks import load_test_masks
 from ldpm.io import atomic_output, read_images, read_table
-from ldpm.physics import undersample
+from ldpm.physics import clip_output, scaled_method, undersample  # clip_output: the policy, defined there
 from ldpm.stages import RECONSTRUCTORS, resolve
 from ldpm.train import autocast, resolve_device
 
@@ -35,19 +40,15 @@ log = logging.getLogger("ldpm.reconstruct")
 Reconstructor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def clip_output(image: torch.Tensor) -> torch.Tensor:
-    """The clipping every method's reconstruction gets before it is saved (see the module docstring)."""
-    return image.clamp_min(0)
-
-
 def zero_filled(weights: dict[str, Path], hp: dict, device: torch.device) -> Reconstructor:
     return lambda x_u, k_u, mask: x_u
 
 
 def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_npz: str | Path, out: str | Path, *,
                 weights: dict[str, str] | None = None, hp: dict | None = None, batch_size: int = 16,
-                device: str = "auto", seed: int = 0) -> None:
-    """Write `out` (h5, dataset `recon` aligned with the rows of test_csv; attrs: the `Cost` per slice)."""
+                device: str = "auto", seed: int = 0, normalise: str = "gt_max") -> None:
+    """Write `out` (h5, dataset `recon` aligned with the rows of test_csv; attrs: the `Cost` per slice).
+    `normalise`: config data.normalise, how the measurement is scaled before the method sees it."""
     factory = resolve(RECONSTRUCTORS, method, "method")
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -56,7 +57,7 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
     if len(slice_ids) != len(images):
         raise LdpmError(f"{test_csv}: {len(slice_ids)} rows but {test_h5} holds {len(images)} images; rerun preprocess")
     masks = load_test_masks(masks_npz, slice_ids)
-    run = factory({name: Path(p) for name, p in (weights or {}).items()}, hp or {}, dev)
+    run = scaled_method(factory({name: Path(p) for name, p in (weights or {}).items()}, hp or {}, dev), normalise)
     out_images = np.empty(images.shape, dtype=np.float32)
     starts = range(0, len(images), batch_size)
     cost = Cost(dev)

@@ -38,6 +38,29 @@ def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     save_file(tensors, str(path), metadata=metadata)
+    canonical_header(path)
+
+
+def canonical_header(path: str | Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted. safetensors keeps the metadata in a Rust HashMap,
+    so two saves of the same tensors and metadata write the keys in a random order: the files' sha256 differ, and a
+    downstream model's checkpoint identity (the sha256 of its input weights) would see a retrained input."""
+    import json
+    import struct
+
+    with open(path, "r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:  # the same pairs re-serialised: the same length, rewritten in place
+            fh.seek(8)
+            fh.write(text.ljust(size))  # safetensors pads the header with spaces
+            return
+    data = Path(path).read_bytes()
+    text = text.ljust(-(-len(text) // 8) * 8)
+    Path(path).write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size:])
 
 
 def load_weights(module: torch.nn.Module, path: str | Path, strict: bool = True) -> torch.nn.Module:

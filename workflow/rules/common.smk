@@ -1,10 +1,12 @@
+import functools
 import json
+import re
 import sys
 import shlex
 from pathlib import Path
 
 from ldpm import LdpmError
-from ldpm.code_version import code_version
+from ldpm.code_version import code_version, entry_version
 from ldpm.config import stand_in_inputs, validate_config
 from ldpm.method import check_sd_dir
 from ldpm.stages import RECONSTRUCTORS, TRAINERS
@@ -38,16 +40,33 @@ TRAIN_LAUNCHER = (LDPM_CLI if config["train_processes"] == 1 else
 # (results/benchmarks/train_*.tsv) replace them; the rest (embedded stand-ins) take an hour.
 TRAIN_RUNTIME_MIN = {"ldpm_mrvae": 2160, "ldpm_mrcn": 1800, "ldpm_mrcn_no_mrvae": 1800, "ldpm_mrcn_no_skm": 1440,
                      "ldpm_sketcher": 1800, "score_mri": 4320, "swinmr": 720, "unet": 360, "varnet": 720}
-TRAINER_MODULES = ["ldpm.stages", "ldpm.train", *sorted({entry.split(":")[0] for entry in TRAINERS.values()})]
-RECONSTRUCTOR_MODULES = ["ldpm.reconstruct", *sorted({entry.split(":")[0] for entry in RECONSTRUCTORS.values()})]
 
 
 def stage(*modules, launcher=LDPM_CLI):
     """The start of a rule's shell command: `LDPM_CODE=<version> python -m ldpm `. The version hashes the source
     of `modules` and of every ldpm module they import (ldpm.code_version), so Snakemake's `code` rerun trigger,
     which compares shell text, reruns a stage whose code changed and no other. (`ldpm.cli` itself is left out: it
-    dispatches to every stage.) Opt out with `--rerun-triggers mtime params input software-env`."""
+    dispatches to every stage.) Keeping outputs after a refactor: README, "Reruns"."""
     return f"LDPM_CODE={code_version(list(modules))} {launcher} "
+
+
+def job_stage(launcher=LDPM_CLI):
+    """stage() for the generic rules (train, reconstruct), whose jobs run different code: the version is the job's
+    `params.code` (trainer_code / recon_code), which Snakemake's `params` trigger compares job by job."""
+    return f"LDPM_CODE={{params.code}} {launcher} "
+
+
+@functools.cache
+def trainer_code(model):
+    """The code version of one training job: ldpm.train and the model's TRAINERS entry with what it imports."""
+    return entry_version(TRAINERS[model], ["ldpm.train"])
+
+
+@functools.cache
+def recon_code(method):
+    """The code version of one reconstruction job: ldpm.reconstruct (with the registry and the clipping policy)
+    and the method's RECONSTRUCTORS entry with what it imports."""
+    return entry_version(RECONSTRUCTORS[method], ["ldpm.reconstruct"])
 
 
 def as_json(value):
@@ -209,26 +228,67 @@ def trained_models():
     return [m for m in TRAIN if m in needed]
 
 
+def ood_columns():
+    """Table III columns whose data is another anatomy: the test splits whose `dataset` filter (one name or a list,
+    one column over several datasets) selects only `ood` datasets."""
+    datasets = config["data"]["datasets"]
+    columns = []
+    for name, where in config["test_splits"].items():
+        chosen = where.get("dataset")
+        chosen = chosen if isinstance(chosen, list) else [chosen]
+        if all(datasets.get(d, {}).get("role") == "ood" for d in chosen):
+            columns.append(name)
+    return columns
+
+
 # ------------------------------------------------------------------ preprocessing shards (data.smk)
-def raw_inputs():
-    """The index's raw inputs: the generated directory (embedded source; one directory output, so a regeneration
-    reruns every shard) and every .h5 file of each configured folder (fastMRI source, or test data added to the
-    embedded default)."""
-    datasets = raw_datasets()
-    generated = [f"{RESULTS}/raw/embedded"] if config["data"]["source"] == "embedded" else []
-    folders = [d for spec in datasets.values() for d in spec["paths"] if not d.startswith(f"{RESULTS}/raw/embedded")]
-    return generated + sorted(str(f) for d in folders for f in Path(d).glob("*.h5"))
+# Everything is planned per dataset (one index checkpoint each), so an added or changed dataset leaves the plans,
+# shard jobs and split files of the others as they are: adding a `role: test` folder retrains nothing. Datasets go
+# into splits.csv (and the split files) in name order, so reordering data.datasets in the YAML reruns nothing.
+DATASETS = sorted(config["data"]["datasets"])
+
+
+def raw_inputs(dataset):
+    """The raw inputs of one dataset's index: the generated directory (embedded source; one directory output, so a
+    regeneration reruns every shard) or every .h5 file of its configured folders."""
+    generated = f"{RESULTS}/raw/embedded"
+    paths = raw_datasets()[dataset]["paths"]
+    if all(d.startswith(f"{generated}/") for d in paths):
+        return [generated]
+    return sorted(str(f) for d in paths for f in Path(d).glob("*.h5"))
+
+
+def index_spec(dataset):
+    """What the index of `dataset` is made from: its spec without the preprocessing settings (a changed crop reruns
+    its shards, not its index)."""
+    return {dataset: without(raw_datasets()[dataset], "crop_size", "drop_last_slices")}
+
+
+def index_file(dataset):
+    return f"{RESULTS}/data/index/{dataset}.csv"
+
+
+def shard_settings(dataset):
+    """A shard job's preprocessing params: the global settings and only its own dataset's overrides, so that adding
+    or changing another dataset reprocesses none of its shards."""
+    data, spec = config["data"], config["data"]["datasets"][dataset]
+    settings = {k: data[k] for k in ["crop_size", "image_size", "drop_last_slices"]}
+    if "crop_size" in spec:
+        settings["dataset_crop"] = {dataset: spec["crop_size"]}
+    if "drop_last_slices" in spec:
+        settings["dataset_drop"] = {dataset: spec["drop_last_slices"]}
+    return settings
 
 
 _SHARD_PLAN = {}
 
 
-def shard_plan():
-    """{shard: (volumes, paths, sha256 of their index rows)} from the finished index, as `ldpm split` plans it;
-    read once per version of index.csv (every shard job's input and params ask for it)."""
+def shard_plan(dataset):
+    """{shard: (volumes, paths, sha256 of their index rows)} of one dataset from its finished index, as `ldpm split`
+    plans it; read once per version of the index file (every shard job's input and params ask for it)."""
     from ldpm.data.preprocess import plan_shards, read_index_text, shard_rows_sha256
 
-    path = checkpoints.index.get().output[0]
+    path = checkpoints.index.get(dataset=dataset).output[0]
     key = (path, Path(path).stat().st_mtime_ns, config["data"]["shard_size"])
     if key not in _SHARD_PLAN:
         index = read_index_text(path)
@@ -236,7 +296,6 @@ def shard_plan():
         for shard, rows in index.groupby(plan_shards(index, config["data"]["shard_size"]).values, sort=False):
             volumes = rows["volume"].tolist()
             plan[shard] = (volumes, rows["path"].tolist(), shard_rows_sha256(index, volumes))
-        _SHARD_PLAN.clear()
         _SHARD_PLAN[key] = plan
     return _SHARD_PLAN[key]
 
@@ -244,4 +303,42 @@ def shard_plan():
 def shard_raw(wildcards):
     """The raw files a shard reads; a generated file is represented by its directory (a directory output)."""
     generated = f"{RESULTS}/raw/embedded"
-    return sorted({generated if p.startswith(generated + "/") else p for p in shard_plan()[wildcards.shard][1]})
+    paths = shard_plan(wildcards.dataset)[wildcards.shard][1]
+    return sorted({generated if p.startswith(f"{generated}/") else p for p in paths})
+
+
+def split_datasets(split):
+    """The datasets a split file draws from: train and val only from in_distribution data (ood and test datasets
+    are test only), so their gather jobs never wait on, or rerun for, another dataset's index."""
+    datasets = config["data"]["datasets"]
+    return [name for name in DATASETS if split == "test" or datasets[name]["role"] == "in_distribution"]
+
+
+def split_members(split):
+    """[(dataset, shard, volume)] of one split, in index order, as `ldpm split` assigns them (from the index files
+    of split_datasets(split) only: ood and test datasets change no train / val assignment)."""
+    import pandas as pd
+    from ldpm.data.preprocess import assign_splits, read_index_text
+
+    files = [checkpoints.index.get(dataset=name).output[0] for name in split_datasets(split)]
+    parsed = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)  # as `ldpm split` reads them
+    text = pd.concat([read_index_text(f) for f in files], ignore_index=True)  # names as the shard plan has them
+    shard_of = {v: shard for name in split_datasets(split) for shard, plan in shard_plan(name).items() for v in plan[0]}
+    fractions = config["data"]["split"]
+    assigned = assign_splits(parsed, fractions["val_fraction"], fractions["test_fraction"], SEED)
+    rows = text[(assigned == split).to_numpy()]
+    return [(d, shard_of[v], v) for d, v in zip(rows["dataset"], rows["volume"])]
+
+
+def split_shard_files(wildcards):
+    """The shard files that hold a volume of the job's split."""
+    shards = dict.fromkeys((d, shard) for d, shard, _ in split_members(wildcards.split))
+    return [f"{RESULTS}/data/shards/{d}/{shard}.{ext}" for d, shard in shards for ext in ("h5", "csv")]
+
+
+def split_members_sha256(wildcards):
+    """The gather job's params: which volumes (from which shards) its split holds. Its splits.csv input is ancient,
+    so a splits.csv rewritten for another split's sake (e.g. a new test dataset) does not rerun it."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(split_members(wildcards.split)).encode()).hexdigest()

@@ -18,39 +18,44 @@ rule embedded_data:
 
 # Preprocessing runs as one job per shard of volumes (data.shard_size), so `--cores N` and SLURM run shards in
 # parallel and a changed or added raw file reruns only its shard:
-#   checkpoint index   raw files -> index.csv (header facts, sha256); a checkpoint, so that the shards are planned
-#                      from the indexed volumes (the embedded files are named only once generated)
-#   rule split         index.csv -> splits.csv: subject-level split (seeded) and shard of every volume, cheap
-#   rule preprocess    one shard's volumes -> data/shards/<shard>.{h5,csv}
-#   rule gather        splits.csv + shards -> data/{train,val,test}.{h5,csv}
-# A shard is a run of consecutive volumes (index order) named after its first volume, with content-defined
-# boundaries (ldpm.data.preprocess.plan_shards): an added file joins (or starts) one shard, the others keep their
-# names and members. A shard job takes index.csv as ancient input (a rewritten index reruns no shard by itself)
-# and reruns when the sha256 of its own index rows (a param), its set of raw files, or a raw file's mtime changes.
+#   checkpoint index   one dataset's raw files -> index/<dataset>.csv (header facts, sha256); a checkpoint, so that
+#                      the shards are planned from the indexed volumes (the embedded files are named only once
+#                      generated); one per dataset, so that a new or changed dataset leaves the others' plans be
+#   rule split         index files -> splits.csv: subject-level split (seeded) and shard of every volume, cheap
+#   rule preprocess    one shard's volumes -> data/shards/<dataset>/<shard>.{h5,csv}
+#   rule gather        splits.csv + the split's shards -> data/<split>.{h5,csv}, one job per split
+# A shard is a run of consecutive volumes (index order) of one dataset, named after its first volume, with
+# content-defined boundaries (ldpm.data.preprocess.plan_shards): an added file joins (or starts) one shard, the
+# others keep their names and members. A shard job takes its index file as ancient input (a rewritten index reruns
+# no shard by itself) and reruns when the sha256 of its own index rows (a param), its set of raw files, a raw
+# file's mtime or its own dataset's settings change. A gather job takes splits.csv as ancient input too and reruns
+# when its split's members (a param) or shards change: a test-only dataset never rewrites train.h5 or val.h5.
 
 
 checkpoint index:
     input:
-        raw_inputs(),
+        lambda w: raw_inputs(w.dataset),
     output:
-        f"{RESULTS}/data/index.csv",
+        f"{RESULTS}/data/index/{{dataset}}.csv",
     log:
-        f"{RESULTS}/logs/index.log",
+        f"{RESULTS}/logs/index_{{dataset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/index.tsv"
+        f"{RESULTS}/benchmarks/index_{{dataset}}.tsv"
+    wildcard_constraints:
+        dataset="|".join(map(re.escape, DATASETS)),
     params:
-        datasets=as_json(raw_datasets()),
+        dataset=lambda w: as_json(index_spec(w.dataset)),
         extra=as_json(config["data"]["extra_acquisitions"]),
     conda:
         LDPM_ENV
     shell:
-        stage("ldpm.data.preprocess") + "index --datasets {params.datasets} --extra-acquisitions {params.extra} "
+        stage("ldpm.data.preprocess") + "index --datasets {params.dataset} --extra-acquisitions {params.extra} "
         "--out {output} > {log} 2>&1"
 
 
 rule split:
     input:
-        f"{RESULTS}/data/index.csv",
+        [index_file(name) for name in DATASETS],
     output:
         f"{RESULTS}/data/splits.csv",
     log:
@@ -67,23 +72,22 @@ rule split:
 
 rule preprocess:
     input:
-        index=ancient(f"{RESULTS}/data/index.csv"),
+        index=lambda w: ancient(index_file(w.dataset)),
         raw=shard_raw,
     output:
-        h5=f"{RESULTS}/data/shards/{{shard}}.h5",
-        csv=f"{RESULTS}/data/shards/{{shard}}.csv",
+        h5=f"{RESULTS}/data/shards/{{dataset}}/{{shard}}.h5",
+        csv=f"{RESULTS}/data/shards/{{dataset}}/{{shard}}.csv",
     log:
-        f"{RESULTS}/logs/preprocess/{{shard}}.log",
+        f"{RESULTS}/logs/preprocess/{{dataset}}/{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/preprocess/{{shard}}.tsv"
+        f"{RESULTS}/benchmarks/preprocess/{{dataset}}/{{shard}}.tsv"
     wildcard_constraints:
+        dataset="|".join(map(re.escape, DATASETS)),
         shard=r"[^/]+",
     params:
-        pre=as_json({k: config["data"][k] for k in ["crop_size", "image_size", "drop_last_slices"]}
-                    | {"dataset_crop": {name: spec["crop_size"] for name, spec in config["data"]["datasets"].items()
-                                        if "crop_size" in spec}}),
-        volumes=lambda w: as_json(shard_plan()[w.shard][0]),
-        rows=lambda w: shard_plan()[w.shard][2],
+        pre=lambda w: as_json(shard_settings(w.dataset)),
+        volumes=lambda w: as_json(shard_plan(w.dataset)[w.shard][0]),
+        rows=lambda w: shard_plan(w.dataset)[w.shard][2],
     conda:
         LDPM_ENV
     shell:
@@ -94,20 +98,25 @@ rule preprocess:
 
 rule gather:
     input:
-        splits=f"{RESULTS}/data/splits.csv",
-        shards=lambda w: [f"{RESULTS}/data/shards/{shard}.{ext}" for shard in shard_plan() for ext in ("h5", "csv")],
+        splits=ancient(f"{RESULTS}/data/splits.csv"),
+        shards=split_shard_files,
     output:
-        expand(f"{RESULTS}/data/{{split}}.{{ext}}", split=SPLITS, ext=["h5", "csv"]),
+        h5=f"{RESULTS}/data/{{split}}.h5",
+        csv=f"{RESULTS}/data/{{split}}.csv",
     log:
-        f"{RESULTS}/logs/gather.log",
+        f"{RESULTS}/logs/gather_{{split}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/gather.tsv"
+        f"{RESULTS}/benchmarks/gather_{{split}}.tsv"
+    wildcard_constraints:
+        split="|".join(SPLITS),
     params:
-        out_dir=lambda w, output: str(Path(output[0]).parent),
+        members=split_members_sha256,
+        out_dir=lambda w, output: str(Path(output.h5).parent),
     conda:
         LDPM_ENV
     shell:
-        stage("ldpm.data.preprocess") + "gather --splits {input.splits} --out-dir {params.out_dir} > {log} 2>&1"
+        stage("ldpm.data.preprocess") + "gather --splits {input.splits} --split {wildcards.split} --out-dir "
+        "{params.out_dir} > {log} 2>&1"
 
 
 localrules: split
@@ -125,9 +134,10 @@ rule masks:
     params:
         cf=lambda w: config["masks"]["center_fractions"][int(w.af)],
         seed=SEED,
+        per=config["masks"]["per"],
     conda:
         LDPM_ENV
     shell:
         stage("ldpm.data.masks") + "masks --test-h5 {input.h5} --test-csv {input.csv} --mask-type {wildcards.mask} "
-        "--acceleration {wildcards.af} --center-fraction {params.cf} --seed {params.seed} --out {output.npz} "
-        "--out-csv {output.real_af} > {log} 2>&1"
+        "--acceleration {wildcards.af} --center-fraction {params.cf} --seed {params.seed} --per {params.per} "
+        "--out {output.npz} --out-csv {output.real_af} > {log} 2>&1"

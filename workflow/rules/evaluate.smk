@@ -34,13 +34,15 @@ rule reconstruct:
         hp=lambda w: as_json(RECON[w.method]["hp"]),
         seed=lambda w: int(w.seed),  # sampling noise of the stochastic methods: the training seed
         device=DEVICE,
+        normalise=config["data"]["normalise"],
+        code=lambda w: recon_code(w.method),  # this method's code only: an LDPM edit reruns no Score-MRI sampling
     conda:
         LDPM_ENV
     shell:
-        stage(*RECONSTRUCTOR_MODULES) + "reconstruct {wildcards.method} --test-h5 {input.h5} --test-csv {input.csv} "
+        job_stage() + "reconstruct {wildcards.method} --test-h5 {input.h5} --test-csv {input.csv} "
         "--masks {input.masks} "
-        "--weights {params.weights} --hp {params.hp} --seed {params.seed} --device {params.device} --out {output} "
-        "> {log} 2>&1"
+        "--weights {params.weights} --hp {params.hp} --seed {params.seed} --device {params.device} "
+        "--normalise {params.normalise} --out {output} > {log} 2>&1"
 
 
 rule metrics:
@@ -118,7 +120,9 @@ rule tables:
         methods=as_json(config["methods"]),
         splits=as_json(ordered(config["test_splits"])),
         main_split=MAIN_SPLIT,
+        mask_per=config["masks"]["per"],
         notes=lambda w: as_json(TABLE1_NOTES),  # filled by baselines.smk, included after this file
+        normalise=config["data"]["normalise"],  # named in Table I's caption
         out_dir=lambda w, output: str(Path(output.table1).parent),
     conda:
         LDPM_ENV
@@ -126,7 +130,9 @@ rule tables:
         stage("ldpm.evaluate.tables") + "tables --metrics {input.metrics} --perceptual {input.perceptual} --methods "
         "{params.methods} "
         "--test-splits {params.splits} --main-split {params.main_split} --mask-type {wildcards.mask} "
-        "--acceleration {wildcards.af} --recon {input.recon} --notes {params.notes} --out-dir {params.out_dir} "
+        "--mask-per {params.mask_per} "
+        "--acceleration {wildcards.af} --recon {input.recon} --notes {params.notes} --normalise {params.normalise} "
+        "--out-dir {params.out_dir} "
         "> {log} 2>&1"
 
 

@@ -68,13 +68,15 @@ rule ldpm_tune_sampler:
         cf=lambda w: config["masks"]["center_fractions"][int(w.af)],
         seed=lambda w: int(w.seed),
         device=DEVICE,
+        normalise=config["data"]["normalise"],
     conda:
         LDPM_ENV
     shell:
         stage("ldpm.method.tuning") + "tune-sampler --val-h5 {input.h5} --val-csv {input.csv} --weights "
         "{params.weights} --hp {params.hp} "
         "--mask-type {wildcards.mask} --acceleration {wildcards.af} --center-fraction {params.cf} "
-        "--seed {params.seed} --device {params.device} --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+        "--seed {params.seed} --device {params.device} --normalise {params.normalise} --out-json {output.json} "
+        "--out-csv {output.csv} > {log} 2>&1"
 
 
 # The diagnostics take apart the first training seed's LDPM (the one Fig 2 shows).
@@ -101,6 +103,7 @@ rule ldpm_diagnostics:
         stem=lambda w: f"{RESULTS}/tables/ldpm_diagnostics_{w.mask}_af{w.af}",
         seed=FIRST_SEED,
         device=DEVICE,
+        normalise=config["data"]["normalise"],
     conda:
         LDPM_ENV
     shell:
@@ -108,7 +111,7 @@ rule ldpm_diagnostics:
         "{input.masks} "
         "--recon {input.recon} --weights {params.weights} --hp {params.hp} --test-splits {params.splits} "
         "--mask-type {wildcards.mask} --acceleration {wildcards.af} --seed {params.seed} --device {params.device} "
-        "--out-stem {params.stem} > {log} 2>&1"
+        "--normalise {params.normalise} --out-stem {params.stem} > {log} 2>&1"
 
 
 TARGETS += expand(f"{RESULTS}/tables/table2_{{mask}}_af{{af}}.{{ext}}", mask=MASK_TYPES, af=AFS,

@@ -30,9 +30,7 @@ rule html_report:
     params:
         source=config["data"]["source"],
         main_split=MAIN_SPLIT,
-        # Table III columns whose data is another anatomy: the test splits that select an `ood` dataset
-        ood=as_json([name for name, where in config["test_splits"].items()
-                     if config["data"]["datasets"].get(where.get("dataset"), {}).get("role") == "ood"]),
+        ood=as_json(ood_columns()),
         stand_in=as_json(STAND_IN),
     conda:
         LDPM_ENV

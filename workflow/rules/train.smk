@@ -20,15 +20,17 @@ rule train:
     params:
         inputs=lambda w: as_json(for_job(TRAIN[w.model]["inputs"], w)),
         hp=lambda w: as_json(TRAIN[w.model]["hp"]),
-        masks=as_json(config["masks"]["train"]),
+        # the measurement training simulates: the mask distribution and its scale (data.normalise)
+        masks=as_json(config["masks"]["train"] | {"normalise": config["data"]["normalise"]}),
         ckpt=lambda w: f"{RESULTS}/checkpoints/seed{w.seed}/{w.model}",
         val_slices=config["validation_slices"],
         seed=lambda w: int(w.seed),
         device=DEVICE,
+        code=lambda w: trainer_code(w.model),  # this model's code only: another model's edit retrains nothing here
     conda:
         LDPM_ENV
     shell:
-        stage(*TRAINER_MODULES, launcher=TRAIN_LAUNCHER) + "train {wildcards.model} --inputs {params.inputs} --out "
+        job_stage(launcher=TRAIN_LAUNCHER) + "train {wildcards.model} --inputs {params.inputs} --out "
         "{output.weights} "
         "--ckpt-dir {params.ckpt} --hp {params.hp} --masks {params.masks} --seed {params.seed} "
         "--device {params.device} --val-slices {params.val_slices} > {log} 2>&1"

@@ -10,24 +10,40 @@ import numpy as np
 import torch
 
 from ldpm.data.masks import batch_masks, sample_mask
+from ldpm.evaluate import protocol
 from ldpm.io import SliceFile, read_images, stable_seed
-from ldpm.physics import undersample
+from ldpm.physics import input_scale, undersample
 from ldpm.train import EpochSampler, shard, step_rng
 
 log = logging.getLogger("ldpm.validation")
+
+
+def normalised(x: torch.Tensor, mask: torch.Tensor, k_u: torch.Tensor, x_u: torch.Tensor,
+               masks_cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, mask, k_u, x_u) as training sees them under masks_cfg["normalise"] (config data.normalise, default
+    "gt_max": unchanged): with "input", image, k-space and zero-filled image divided by each zero-filled slice's
+    maximum (`ldpm.physics.input_scale`), so the target is in the units the method answers in at test time."""
+    s = input_scale(x_u, masks_cfg.get("normalise", "gt_max"))
+    return (x, mask, k_u, x_u) if s is None else (x / s, mask, k_u / s, x_u / s)
+
+
+def simulated_measurement(x: torch.Tensor, rng: np.random.Generator, masks_cfg: dict
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, mask, k_u, x_u) of images x (B, 1, H, W): fresh training masks drawn from `rng`, then `normalised`."""
+    mask = batch_masks(rng, len(x), x.shape[-1], masks_cfg["accelerations"], masks_cfg["center_fractions"],
+                       masks_cfg.get("type", "random")).to(x.device)
+    k_u, x_u = undersample(x, mask)
+    return normalised(x, mask, k_u, x_u, masks_cfg)
 
 
 def undersampled_batch(images: SliceFile | torch.Tensor, sampler: EpochSampler, step: int, seed: int, masks_cfg: dict,
                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training batch `step` as (x, mask, k_u, x_u), all (B, 1, ...) on `device`: the images of the sampler's batch
     (read from the training file only now, `ldpm.io.SliceFile`) and their measurement under fresh masks drawn from
-    (seed, step), so a resumed run sees the same masks.
+    (seed, step), so a resumed run sees the same masks; scaled by masks_cfg["normalise"] (`normalised`).
     Under torchrun this process's slice of that global batch (`ldpm.train.shard`)."""
     x = images[sampler.batch(step)][:, None].to(device)
-    mask = batch_masks(step_rng(seed, 1, step), len(x), x.shape[-1], masks_cfg["accelerations"],
-                       masks_cfg["center_fractions"], masks_cfg.get("type", "random")).to(device)
-    k_u, x_u = undersample(x, mask)
-    return shard(x, mask, k_u, x_u)
+    return shard(*simulated_measurement(x, step_rng(seed, 1, step), masks_cfg))
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -71,7 +87,8 @@ def validation_images(inputs: dict, n_slices: int, stage: str,
 def validation_set(inputs: dict, n_slices: int, seed: int, masks_cfg: dict, device: torch.device,
                    stage: str) -> ValidationSet | None:
     """`validation_images`, each slice with its own fixed mask of the training mask type, drawn from the first
-    (AF, centre fraction) pair of the training masks and seeded by stable_seed(seed, "val", slice row)."""
+    (AF, centre fraction) pair of the training masks and seeded by stable_seed(seed, "val", slice row); scaled as
+    training scales its batches (`normalised`)."""
     af, cf, kind = masks_cfg["accelerations"][0], masks_cfg["center_fractions"][0], masks_cfg.get("type", "random")
     picked = validation_images(inputs, n_slices, stage, f" (fixed {kind} masks, AF {af}, centre fraction {cf})")
     if picked is None:
@@ -80,15 +97,17 @@ def validation_set(inputs: dict, n_slices: int, seed: int, masks_cfg: dict, devi
     mask = torch.from_numpy(np.stack([sample_mask(x.shape[-1], af, cf, stable_seed(seed, "val", int(i)), kind)
                                       for i in index])).float()[:, None, None, :]
     k_u, x_u = undersample(x, mask)
-    return ValidationSet(index, *(t.to(device) for t in (x, mask, k_u, x_u)))
+    return ValidationSet(index, *(t.to(device) for t in normalised(x, mask, k_u, x_u, masks_cfg)))
 
 
 def psnr_ssim(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """Mean over slices (N, H, W) of fastMRI's PSNR and SSIM, data range = each target slice's maximum."""
+    """Mean over slices (N, H, W) of PSNR (`ldpm.evaluate.protocol.psnr`) and fastMRI's SSIM, data range = each
+    target slice's maximum: training-time validation reads single slices, not their volumes, so the slice maximum
+    stands in for the fastMRI protocol's volume maximum (it is scale-free under data.normalise: input)."""
     from fastmri import evaluate as fm
 
     gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
-    psnr = [float(fm.psnr(g, p, float(g.max()))) for g, p in zip(gt, pred)]
+    psnr = [protocol.psnr(g, p, float(g.max())) for g, p in zip(gt, pred)]
     ssim = [float(fm.ssim(g[None], p[None], float(g.max())).item()) for g, p in zip(gt, pred)]
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
 

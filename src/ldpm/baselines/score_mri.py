@@ -28,7 +28,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from ldpm import LdpmError
-from ldpm.baselines import validation_images
+from ldpm.baselines import undersampled_batch, validation_images, validation_set
 from ldpm.io import SliceFile, stable_seed
 from ldpm.physics import fft2, ifft2
 from ldpm.train import (VAL_SLICES, curve_path, data_parallel, epoch_trainer, optimizer_step, resolve_device,
@@ -101,8 +101,9 @@ def dsm_loss(score_fn, x: torch.Tensor, sigma_min: float, sigma_max: float,
 
 def train_score_mri(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
                     seed: int, device: str = "auto", *, val_slices: int = VAL_SLICES) -> list[dict]:
-    """Unconditional score model on the training magnitudes (masks_cfg unused: the measurement enters only at
-    sampling).
+    """Unconditional score model on the training magnitudes (the measurement enters only at sampling; masks_cfg
+    matters only under data.normalise "input", masks_cfg["normalise"]: each image is then divided by the maximum of
+    its zero-filled image under a fresh training mask, the units the sampler works in).
 
     hp: model (config name), sigma_min, sigma_max, lr, batch_size, epochs, ckpt_every, and optionally warmup
     (linear lr warm-up steps, Score-MRI 5000), grad_clip (Score-MRI 1.0), ema_decay (Score-MRI 0.999). The EMA
@@ -122,9 +123,14 @@ def train_score_mri(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Pat
                                      ckpt_dir, len(images), hp, seed, "score_mri")
     warmup, grad_clip, ema_decay = hp.get("warmup", 0), hp.get("grad_clip", 1.0), hp.get("ema_decay", 0.999)
     net = data_parallel(model)
+    # data.normalise "input": the prior learns images in the sampler's units (divided by a zero-filled maximum)
+    by_input = masks_cfg.get("normalise", "gt_max") == "input"
 
     def step(i: int) -> dict[str, float]:
-        (x,) = shard(images[sampler.batch(i)][:, None].to(dev))
+        if by_input:
+            x = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)[0]
+        else:
+            (x,) = shard(images[sampler.batch(i)][:, None].to(dev))
         gen = torch.Generator().manual_seed(int(step_rng(seed, 2, i).integers(2**62)))
         for g in optimizer.param_groups:
             g["lr"] = hp["lr"] * min(1.0, (i + 1) / warmup) if warmup > 0 else hp["lr"]
@@ -138,7 +144,11 @@ def train_score_mri(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Pat
         return {"dsm": loss.item()}
 
     validate = None
-    picked = validation_images(inputs, val_slices, "score_mri", " (DSM loss of the EMA weights, fixed t and z)")
+    if by_input:
+        val = validation_set(inputs, val_slices, seed, masks_cfg, dev, "score_mri")
+        picked = None if val is None else (val.index, val.x)
+    else:
+        picked = validation_images(inputs, val_slices, "score_mri", " (DSM loss of the EMA weights, fixed t and z)")
     if picked is not None:
         val_x = picked[1].to(dev)
 

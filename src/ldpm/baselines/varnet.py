@@ -61,11 +61,14 @@ def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
     sampler, trainer = epoch_trainer({"varnet": model}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "varnet")
     data_range = torch.ones(1, device=dev)  # broadcast over the batch
+    by_input = masks_cfg.get("normalise", "gt_max") == "input"
     net = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
         x, mask, k_u, _ = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
-        loss = loss_fn(varnet_reconstruct(net, k_u, mask), x, data_range=data_range)
+        # data.normalise "input" rescales each slice, so its volume max is no longer 1: the slice's max stands in
+        target_range = x.amax(dim=(1, 2, 3)) if by_input else data_range
+        loss = loss_fn(varnet_reconstruct(net, k_u, mask), x, data_range=target_range)
         optimizer_step(optimizer, loss)
         return {"ssim_loss": loss.item()}
 

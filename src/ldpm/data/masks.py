@@ -1,7 +1,7 @@
-"""Cartesian 1D undersampling masks, fixed per test slice, fresh in training: `random` (fastMRI's RandomMaskFunc, the
-paper's masks) or `equispaced` (fastMRI's EquispacedMaskFractionFunc, the masks fastMRI's official weights were
-trained with). Every saved test set of masks comes with a CSV of its real acceleration (width / sampled lines),
-since a random mask's real AF differs slice by slice from the nominal one."""
+"""Cartesian 1D undersampling masks, fixed per test slice (or volume: masks.per), fresh in training: `random`
+(fastMRI's RandomMaskFunc, the paper's masks) or `equispaced` (fastMRI's EquispacedMaskFractionFunc, the masks
+fastMRI's official weights were trained with). Every saved test set of masks comes with a CSV of its real
+acceleration (width / sampled lines), since a random mask's real AF differs slice by slice from the nominal one."""
 
 from __future__ import annotations
 
@@ -50,13 +50,25 @@ def batch_masks(rng: np.random.Generator, batch: int, width: int, accelerations:
     return torch.from_numpy(np.stack(masks)).float()[:, None, None, :]
 
 
+MASKS_PER = ("slice", "volume")  # config masks.per
+
+
 def make_test_masks(slice_ids: list[str], width: int, acceleration: int, center_fraction: float, seed: int,
-                    out: str | Path, mask_type: str = "random", out_csv: str | Path | None = None) -> np.ndarray:
-    """Fixed masks for the test set: slice i gets the mask seeded by (seed, AF, slice id), saved with the ids.
-    `out_csv` gets each mask's real acceleration; a test set whose overall real AF is more than MAX_AF_DEVIATION
-    from the nominal one is refused before anything is written."""
-    masks = np.stack([sample_mask(width, acceleration, center_fraction, stable_seed(seed, acceleration, sid),
-                                  mask_type) for sid in slice_ids])
+                    out: str | Path, mask_type: str = "random", out_csv: str | Path | None = None,
+                    per: str = "slice", volumes: list[str] | None = None) -> np.ndarray:
+    """Fixed masks for the test set, saved with the slice ids. per "slice": slice i gets the mask seeded by (seed,
+    AF, slice id); per "volume" (fastMRI's test protocol): every slice of volume v (`volumes[i]`, the test CSV's
+    `volume` column) gets the one mask seeded by (seed, AF, v). `out_csv` gets each mask's real acceleration; a test
+    set whose overall real AF is more than MAX_AF_DEVIATION from the nominal one is refused before anything is
+    written."""
+    if per not in MASKS_PER:
+        raise LdpmError(f"config key masks.per: unknown value '{per}'; use {' or '.join(MASKS_PER)}")
+    if per == "volume" and (volumes is None or len(volumes) != len(slice_ids)):
+        raise LdpmError("masks.per volume needs the volume of every test slice (the test CSV's volume column)")
+    keys = slice_ids if per == "slice" else volumes
+    drawn = {key: sample_mask(width, acceleration, center_fraction, stable_seed(seed, acceleration, key), mask_type)
+             for key in dict.fromkeys(keys)}  # one draw per distinct key, in order
+    masks = np.stack([drawn[key] for key in keys])
     real = real_accelerations(masks, slice_ids, acceleration, mask_type)
     overall = masks.size / masks.sum()
     if abs(overall / acceleration - 1) > MAX_AF_DEVIATION:

@@ -105,7 +105,10 @@ def assign_splits(index: pd.DataFrame, val_fraction: float, test_fraction: float
     """Subject-level split: all volumes of a patient land in one split. Out-of-distribution data is test only."""
     split = pd.Series("test", index=index.index)
     in_dist = index["role"] == "in_distribution"
-    patients = np.array(sorted(index.loc[in_dist, "patient_id"].unique()))
+    ids = index["patient_id"]
+    if ids[in_dist].map(type).nunique() > 1:  # index files parsed one by one: numeric ids in one, text in another
+        ids = ids.astype(str)
+    patients = np.array(sorted(ids[in_dist].unique()))
     if len(patients) < 3:
         raise LdpmError(f"only {len(patients)} in-distribution subjects; train/val/test need at least 3")
     order = np.random.default_rng(seed).permutation(patients)
@@ -116,7 +119,7 @@ def assign_splits(index: pd.DataFrame, val_fraction: float, test_fraction: float
     by_patient = {p: "test" for p in order[:n_test]}
     by_patient |= {p: "val" for p in order[n_test:n_test + n_val]}
     by_patient |= {p: "train" for p in order[n_test + n_val:]}
-    split[in_dist] = index.loc[in_dist, "patient_id"].map(by_patient)
+    split[in_dist] = ids[in_dist].map(by_patient)
     return split
 
 
@@ -157,9 +160,10 @@ def volume_slices(kspace: np.ndarray, crop_size: int, image_size: int) -> torch.
 
 # ------------------------------------------------------------------------------------------ sharded preprocessing
 # The pipeline runs preprocessing as three kinds of job (workflow/rules/data.smk):
-#   ldpm split            index.csv -> splits.csv: volume -> split (subject level) and -> shard, one cheap job
-#   ldpm preprocess-shard index.csv rows of one shard -> shards/<shard>.{h5,csv}: the per-volume work, in parallel
-#   ldpm gather           splits.csv + shards/ -> {train,val,test}.{h5,csv}, in index order
+#   ldpm split            index file(s) -> splits.csv: volume -> split (subject level) and -> shard, one cheap job
+#   ldpm preprocess-shard index rows of one shard -> shards/<dataset>/<shard>.{h5,csv}: the per-volume work, in
+#                         parallel
+#   ldpm gather           splits.csv + shards/ -> {split}.{h5,csv}, in index order (the workflow: one job per split)
 # Shards are split-independent (a volume's images do not depend on its split), so a new split assignment reruns
 # only `split` and `gather`. `preprocess` below runs the three in one process (tests, bench, a person).
 
@@ -213,25 +217,32 @@ def split_table(index: pd.DataFrame, val_fraction: float, test_fraction: float, 
     return table
 
 
-def write_splits(index_csv: str | Path, out_csv: str | Path, *, val_fraction: float, test_fraction: float,
-                 shard_size: int, seed: int) -> pd.DataFrame:
-    """`ldpm split`: splits.csv from index.csv (subject-level assignment, seeded; the shard of every volume)."""
-    table = split_table(pd.read_csv(index_csv), val_fraction, test_fraction, seed)
-    # shards from the names as written (a name like 007 reads as the number 7), as the workflow plans them
-    table["shard"] = plan_shards(read_index_text(index_csv), shard_size).to_numpy()
+def write_splits(index_csv: str | Path | list[str | Path], out_csv: str | Path, *, val_fraction: float,
+                 test_fraction: float, shard_size: int, seed: int) -> pd.DataFrame:
+    """`ldpm split`: splits.csv from index.csv, or from the workflow's one index file per dataset in config order
+    (subject-level assignment, seeded; the shard of every volume)."""
+    files = [index_csv] if isinstance(index_csv, (str, Path)) else list(index_csv)
+    # each file parsed on its own, as its shard jobs parse it (a name like 007 reads as the number 7 there too)
+    table = split_table(pd.concat([pd.read_csv(f) for f in files], ignore_index=True), val_fraction, test_fraction,
+                        seed)
+    # shards from the names as written, as the workflow plans them
+    table["shard"] = plan_shards(pd.concat([read_index_text(f) for f in files], ignore_index=True),
+                                 shard_size).to_numpy()
     write_table(table, out_csv)
     log.info("%d volumes: %s; %d shards", len(table), table["split"].value_counts().to_dict(),
              table["shard"].nunique())
     return table
 
 
-def _volume_images(vol, crop_size: int, image_size: int, drop_last_slices: int) -> tuple[np.ndarray, float]:
+def _volume_images(vol, crop_size: int, image_size: int, drop_last_slices: int,
+                   drop_key: str = "data.drop_last_slices") -> tuple[np.ndarray, float]:
     """(slices kept, image_size, image_size) float32 images of one index row, divided by the volume maximum; and
-    that maximum. Every defect is a one-line LdpmError naming the file."""
+    that maximum. Every defect is a one-line LdpmError naming the file (and `drop_key`, the setting that applied)."""
     keep = vol.n_slices - drop_last_slices
     if keep < 1:
-        raise LdpmError(f"{vol.path}: {vol.n_slices} slices but data.drop_last_slices={drop_last_slices} "
-                        f"drops them all; remove the volume or lower the setting")
+        raise LdpmError(f"{vol.path}: {vol.n_slices} slices but {drop_key}={drop_last_slices} drops them all; "
+                        f"remove the volume or lower the setting (data.datasets.{vol.dataset}.drop_last_slices sets "
+                        f"it for this dataset alone)")
     with open_h5(vol.path) as fh:
         kspace = fh["kspace"][:keep]
     if not np.isfinite(kspace).all():
@@ -256,12 +267,13 @@ def _empty_images(fh: h5py.File, image_size: int) -> h5py.Dataset:
 
 def preprocess_shard(index_csv: str | Path, volumes: list[str], out_h5: str | Path, out_csv: str | Path, *,
                      crop_size: int, image_size: int, drop_last_slices: int,
-                     rows_sha256: str | None = None, dataset_crop: dict[str, int] | None = None) -> int:
+                     rows_sha256: str | None = None, dataset_crop: dict[str, int] | None = None,
+                     dataset_drop: dict[str, int] | None = None) -> int:
     """`ldpm preprocess-shard`: the normalised slices of `volumes` (index order) into out_h5 (`images`) and their
     rows (slice_id … norm_scale, as in the split files) into out_csv. rows_sha256, when given, must match the
     index rows of the volumes (the workflow planned the shard from them). `dataset_crop` gives a dataset its own
-    crop size (e.g. a fastMRI folder added to the embedded default, whose field of view is 320 pixels wide).
-    Returns the number of slices."""
+    crop size (e.g. a fastMRI folder added to the embedded default, whose field of view is 320 pixels wide), and
+    `dataset_drop` its own drop_last_slices (e.g. 0 for one-slice volumes). Returns the number of slices."""
     index, text = pd.read_csv(index_csv), read_index_text(index_csv)  # values as before; names as written
     missing = [v for v in volumes if v not in set(text["volume"])]
     if missing:
@@ -276,7 +288,10 @@ def preprocess_shard(index_csv: str | Path, volumes: list[str], out_h5: str | Pa
         dset = _empty_images(fh, image_size)
         for vol in tqdm(rows.itertuples(), total=len(rows), desc="preprocess", mininterval=2.0, disable=None):
             crop = (dataset_crop or {}).get(vol.dataset, crop_size)
-            images, scale = _volume_images(vol, crop, image_size, drop_last_slices)
+            own_drop = vol.dataset in (dataset_drop or {})
+            images, scale = _volume_images(
+                vol, crop, image_size, dataset_drop[vol.dataset] if own_drop else drop_last_slices,
+                f"data.datasets.{vol.dataset}.drop_last_slices" if own_drop else "data.drop_last_slices")
             start = dset.shape[0]
             dset.resize(start + len(images), axis=0)
             dset[start:] = images
@@ -290,22 +305,39 @@ def preprocess_shard(index_csv: str | Path, volumes: list[str], out_h5: str | Pa
     return len(table)
 
 
-def gather(splits_csv: str | Path, out_dir: str | Path) -> dict[str, int]:
-    """`ldpm gather`: `{split}.h5` (images) and `{split}.csv` (one row per slice) for train/val/test into out_dir,
-    volumes in splits.csv order, from the shard files `shards/<shard>.{h5,csv}` beside splits.csv. Rows are copied
-    as text and images as float32, so the split files equal those of one job doing all volumes."""
+def shard_files(shard_dir: str | Path, dataset: str, shard: str) -> tuple[Path, Path]:
+    """A shard's files, `<shard_dir>/<dataset>/<shard>.{h5,csv}`: a shard holds one dataset's volumes, and the
+    workflow plans a shard job from that dataset's index alone (so an added dataset leaves the others' jobs be)."""
+    folder = Path(shard_dir) / dataset
+    return folder / f"{shard}.h5", folder / f"{shard}.csv"
+
+
+def gather(splits_csv: str | Path, out_dir: str | Path, splits_to_write: tuple[str, ...] = SPLITS) -> dict[str, int]:
+    """`ldpm gather`: `{split}.h5` (images) and `{split}.csv` (one row per slice) for each of `splits_to_write`
+    (default train/val/test) into out_dir, volumes in splits.csv order, from the shard files
+    `shards/<dataset>/<shard>.{h5,csv}` beside splits.csv (only the shards that hold those splits' volumes). Rows are
+    copied as text and images as float32, so the split files equal those of one job doing all volumes. The workflow
+    runs one job per split: a split file is rewritten only when its own volumes or shards change."""
     from ldpm.provenance import note_input
 
+    unknown = [s for s in splits_to_write if s not in SPLITS]
+    if unknown:
+        raise LdpmError(f"no split '{unknown[0]}'; choose from {', '.join(SPLITS)}")
     splits = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)
-    for s in SPLITS:
+    for s in splits_to_write:
         if not (splits["split"] == s).any():
             raise LdpmError(f"split '{s}' is empty; add data or change data.split fractions")
     shard_dir = Path(splits_csv).parent / SHARD_DIR
     spans: dict[str, tuple[str, int, int]] = {}  # volume -> (shard, first row, end row) in the shard's files
     rows: dict[str, pd.DataFrame] = {}
+    paths: dict[str, Path] = {}  # shard -> its .h5
     image_size = None
-    for shard, members in splits.groupby("shard", sort=False)["volume"]:
-        h5_path, csv_path = shard_dir / f"{shard}.h5", shard_dir / f"{shard}.csv"
+    wanted = set(splits.loc[splits["split"].isin(splits_to_write), "shard"])
+    for shard, members in splits.groupby("shard", sort=False):
+        if shard not in wanted:
+            continue
+        h5_path, csv_path = shard_files(shard_dir, members["dataset"].iloc[0], shard)
+        members = members["volume"]
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False) if csv_path.exists() else None
         if table is None or not h5_path.exists():
             raise LdpmError(f"{shard_dir}: shard {shard} missing (.h5 or .csv); run `ldpm preprocess-shard` for it")
@@ -324,21 +356,23 @@ def gather(splits_csv: str | Path, out_dir: str | Path) -> dict[str, int]:
                 raise LdpmError(f"{csv_path}: the slices of {volume} are not consecutive; rerun the shard")
             spans[volume] = (shard, int(positions[0]), int(positions[-1]) + 1)
         rows[shard] = table
+        paths[shard] = h5_path
         note_input(h5_path)
         note_input(csv_path)
     out_dir = Path(out_dir)
-    parts: dict[str, list[pd.DataFrame]] = {s: [] for s in SPLITS}
+    parts: dict[str, list[pd.DataFrame]] = {s: [] for s in splits_to_write}
+    chosen = splits[splits["split"].isin(splits_to_write)]
     with contextlib.ExitStack() as stack:
         files = {s: stack.enter_context(h5py.File(stack.enter_context(atomic_output(out_dir / f"{s}.h5")), "w"))
-                 for s in SPLITS}
+                 for s in parts}
         dsets = {s: _empty_images(f, image_size) for s, f in files.items()}
         shard_file, open_name = None, None
-        for vol in tqdm(splits.itertuples(), total=len(splits), desc="gather", mininterval=2.0, disable=None):
+        for vol in tqdm(chosen.itertuples(), total=len(chosen), desc="gather", mininterval=2.0, disable=None):
             shard, start, stop = spans[vol.volume]
             if shard != open_name:  # consecutive volumes share a shard: each shard is opened about once
                 if shard_file is not None:
                     shard_file.close()
-                shard_file, open_name = open_h5(shard_dir / f"{shard}.h5"), shard
+                shard_file, open_name = open_h5(paths[shard]), shard
             dset = dsets[vol.split]
             at = dset.shape[0]
             dset.resize(at + stop - start, axis=0)
@@ -346,16 +380,17 @@ def gather(splits_csv: str | Path, out_dir: str | Path) -> dict[str, int]:
             parts[vol.split].append(rows[shard].iloc[start:stop])
         if shard_file is not None:
             shard_file.close()
-        for s in SPLITS:
+        for s in parts:
             write_table(pd.concat(parts[s], ignore_index=True), out_dir / f"{s}.csv")
-    counts = {s: sum(len(p) for p in parts[s]) for s in SPLITS}
+    counts = {s: sum(len(p) for p in parts[s]) for s in parts}
     log.info("slices per split: %s", counts)
     return counts
 
 
 def preprocess(index_csv: str | Path, out_dir: str | Path, *, crop_size: int, image_size: int,
                drop_last_slices: int, val_fraction: float, test_fraction: float, seed: int,
-               shard_size: int = 16) -> dict[str, int]:
+               shard_size: int = 16, dataset_crop: dict[str, int] | None = None,
+               dataset_drop: dict[str, int] | None = None) -> dict[str, int]:
     """The whole stage in one process: split, every shard in turn, gather; writes `{split}.h5` and `{split}.csv`
     for train/val/test into out_dir (the shards and splits.csv only to a temporary directory inside it)."""
     out_dir = Path(out_dir)
@@ -364,8 +399,9 @@ def preprocess(index_csv: str | Path, out_dir: str | Path, *, crop_size: int, im
         splits_csv = Path(tmp) / "splits.csv"
         table = write_splits(index_csv, splits_csv, val_fraction=val_fraction, test_fraction=test_fraction,
                              shard_size=shard_size, seed=seed)
-        for shard, members in table.groupby("shard", sort=False)["volume"]:
-            preprocess_shard(index_csv, list(members), Path(tmp) / SHARD_DIR / f"{shard}.h5",
-                             Path(tmp) / SHARD_DIR / f"{shard}.csv", crop_size=crop_size, image_size=image_size,
-                             drop_last_slices=drop_last_slices)
+        for shard, members in table.groupby("shard", sort=False):
+            preprocess_shard(index_csv, list(members["volume"]),
+                             *shard_files(Path(tmp) / SHARD_DIR, members["dataset"].iloc[0], shard),
+                             crop_size=crop_size, image_size=image_size, drop_last_slices=drop_last_slices,
+                             dataset_crop=dataset_crop, dataset_drop=dataset_drop)
         return gather(splits_csv, out_dir)

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from ldpm.evaluate.figures import _show, pick_examples, psnr  # noqa: E402
+from ldpm.evaluate import protocol  # noqa: E402
+from ldpm.evaluate.figures import _show, pick_examples  # noqa: E402
 from ldpm.evaluate.metrics import image_metrics  # noqa: E402
 from ldpm.evaluate.tables import METHOD_LABELS, seed_averaged, select, write_table_formats  # noqa: E402
 from ldpm.io import atomic_output, read_images, read_table, write_table  # noqa: E402
@@ -30,6 +31,9 @@ ABLATION_LABELS = METHOD_LABELS | {"ldpm_no_mrvae": "LDPM (w/o MR-VAE)", "ldpm_n
                                    "ldpm_no_dss": "LDPM (w/o DSS)"}
 ABLATION_MODES = {"swap": "each ablation runs the full model's MRCN with the part removed",
                   "retrain": "w/o MR-VAE and w/o SkM run an MRCN retrained without that part"}
+# The ablations are not tuned on their own: each removes one part of the tuned full model and changes nothing else.
+SAMPLER_NOTE = ("every row samples with LDPM's sampler settings, including the values its validation tuning chose "
+                "when ldpm.tuning has a grid")
 
 
 def table2(volumes: pd.DataFrame, methods: list[str], split_filter: dict, split_name: str, acceleration: int,
@@ -43,16 +47,18 @@ def table2(volumes: pd.DataFrame, methods: list[str], split_filter: dict, split_
     table.columns = ["PSNR", "SSIM", "volumes"]
     write_table_formats(table, stem, f"Table II: ablations of LDPM, AF {acceleration}, {mask_type} masks "
                                      f"(mean over the '{split_name}' test volumes, fastMRI protocol; ablation mode "
-                                     f"'{mode}': {ABLATION_MODES[mode]})")
+                                     f"'{mode}': {ABLATION_MODES[mode]}; {SAMPLER_NOTE})")
     return table
 
 
 @torch.no_grad()
 def autoencode(vae, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """(N, H, W) images in [0, 1] → VAE reconstructions D(E(x)) (posterior mode), clamped to [0, 1]."""
+    """(N, H, W) images in [0, 1] → VAE reconstructions D(E(x)) (posterior mode), clipped as every method's output
+    (`ldpm.physics.clip_output`: negatives to 0, no upper clip)."""
     from ldpm.models.latent import decode, encode
+    from ldpm.physics import clip_output
 
-    out = [decode(vae, encode(vae, torch.from_numpy(chunk)[:, None])).clamp(0, 1)[:, 0].numpy()
+    out = [clip_output(decode(vae, encode(vae, torch.from_numpy(chunk)[:, None])))[:, 0].numpy()
            for chunk in np.array_split(images, max(1, int(np.ceil(len(images) / batch_size))))]
     return np.concatenate(out)
 
@@ -95,7 +101,8 @@ def figure3(test_h5: str | Path, test_csv: str | Path, weights: dict[str, str], 
         box = (h // 2 - size // 2, w // 2 - size // 2, size)
         _show(axes[row, 0], gt, vmax, box, f"GT\n{meta.acquisition[idx]}, {meta.field_strength[idx]} T")
         for col, (name, recon) in enumerate(recons.items()):
-            _show(axes[row, 1 + 2 * col], recon[idx], vmax, box, f"{name}\n{psnr(gt, recon[idx], vmax):.2f} dB")
+            title = f"{name}\n{protocol.psnr(gt, recon[idx], vmax):.2f} dB"
+            _show(axes[row, 1 + 2 * col], recon[idx], vmax, box, title)
             _show(axes[row, 2 + 2 * col], np.abs(recon[idx] - gt), error_scale * vmax, box, f"error {name}",
                   cmap="inferno")
     summary = "; ".join(f"{r.vae}: PSNR {r.psnr:.2f} dB, SSIM {r.ssim:.4f}" for r in metrics.itertuples())

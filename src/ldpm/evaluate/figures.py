@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ldpm import LdpmError  # noqa: E402
+from ldpm.evaluate import protocol  # noqa: E402
 from ldpm.evaluate.tables import METHOD_LABELS, select  # noqa: E402
 from ldpm.io import atomic_output, read_images, read_recon, read_table  # noqa: E402
 
@@ -68,11 +69,11 @@ def figure2(test_h5: str | Path, test_csv: str | Path, recons: dict[str, str | P
         top_titles = [f"{letter}1 GT\n{meta.acquisition[idx]}, {meta.field_strength[idx]} T"]
         sources.append(f"{letter}: {meta.volume[idx]} slice {meta.slice[idx]}")
         _show(top[0], gt, vmax, box, top_titles[0])
-        bottom_titles = [f"Zero-filled\n{psnr(gt, zf_all[idx], vmax):.2f} dB"]
+        bottom_titles = [f"Zero-filled\n{protocol.psnr(gt, zf_all[idx], vmax):.2f} dB"]
         _show(bottom[0], zf_all[idx], vmax, box, bottom_titles[0])
         for col, (name, recon) in enumerate(recon_all.items(), start=1):
             label = METHOD_LABELS.get(name, name)
-            top_titles.append(f"{letter}{col + 1} {label}\n{psnr(gt, recon[idx], vmax):.2f} dB")
+            top_titles.append(f"{letter}{col + 1} {label}\n{protocol.psnr(gt, recon[idx], vmax):.2f} dB")
             _show(top[col], recon[idx], vmax, box, top_titles[-1])
             bottom_titles.append(f"error {label}")
             _show(bottom[col], np.abs(recon[idx] - gt), error_scale * vmax, box, bottom_titles[-1], cmap="inferno")
@@ -86,11 +87,6 @@ def figure2(test_h5: str | Path, test_csv: str | Path, recons: dict[str, str | P
         fig.savefig(tmp, dpi=130, format=Path(out).suffix.lstrip(".") or "png")
     plt.close(fig)
     return titles
-
-
-def psnr(gt: np.ndarray, image: np.ndarray, maxval: float) -> float:
-    mse = float(np.mean((image - gt) ** 2))
-    return float(10 * np.log10(maxval**2 / mse)) if mse > 0 else float("inf")
 
 
 def training_curves(curve_csv: str | Path, out_png: str | Path, title: str) -> dict[str, list[str]]:

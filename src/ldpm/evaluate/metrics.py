@@ -1,5 +1,8 @@
 """PSNR / SSIM / NMSE with the fastMRI protocol: per volume, data_range = ground-truth volume maximum.
 
+PSNR is the pipeline's one function (`ldpm.evaluate.protocol.psnr`): the metrics, Figs 2–3, the sampler tuning and
+training-time validation all call it, each with the data range it states.
+
 The table value of a method is the mean over volumes (`fastmri.evaluate` semantics). A per-slice CSV is written
 too (slice metrics still use the volume maximum as data range), for slice-level figures and statistics.
 
@@ -24,6 +27,7 @@ from skimage.metrics import structural_similarity
 
 from ldpm import LdpmError
 from ldpm.data.masks import load_test_masks
+from ldpm.evaluate import protocol
 from ldpm.io import read_images, read_recon, read_table, write_table
 from ldpm.physics import fft2, kspace_residual
 
@@ -65,7 +69,7 @@ def kspace_residuals(gt: np.ndarray, pred: np.ndarray, masks: torch.Tensor) -> t
 def image_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """PSNR / SSIM / NMSE (fastMRI, data_range = volume max) and HFEN of one volume."""
     maxval = float(gt.max())
-    return {"psnr": float(fm.psnr(gt, pred, maxval)), "ssim": float(fm.ssim(gt, pred, maxval).item()),
+    return {"psnr": protocol.psnr(gt, pred, maxval), "ssim": float(fm.ssim(gt, pred, maxval).item()),
             "nmse": float(fm.nmse(gt, pred)), "hfen": hfen(gt, pred)}
 
 
@@ -76,8 +80,7 @@ def volume_metrics(gt: np.ndarray, pred: np.ndarray, masks: torch.Tensor) -> dic
 
 
 def slice_metrics(gt: np.ndarray, pred: np.ndarray, maxval: float, residual: float, energy: float) -> dict[str, float]:
-    mse = float(np.mean((gt - pred) ** 2))
-    return {"psnr": float(10 * np.log10(maxval**2 / mse)) if mse > 0 else float("inf"),
+    return {"psnr": protocol.psnr(gt, pred, maxval),
             "ssim": float(structural_similarity(gt, pred, data_range=maxval)),
             "nmse": float(np.sum((gt - pred) ** 2) / np.sum(gt**2)), "hfen": hfen(gt, pred),
             "kspace_residual": float(np.sqrt(residual / energy))}

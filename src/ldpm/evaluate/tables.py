@@ -23,6 +23,11 @@ METHOD_LABELS = {"zero_filled": "Zero-Filled", "unet": "U-Net", "varnet": "E2E-V
                  "ldpm_mean_k": "LDPM, mean of K samples (beyond paper)"}
 
 
+NORMALISE_CAPTION = {  # config data.normalise: the scale of the measurement every method was given
+    "gt_max": "inputs divided by the ground-truth volume maximum, the paper's protocol: data.normalise gt_max",
+    "input": "inputs divided by each zero-filled slice's maximum, outputs scaled back: data.normalise input"}
+
+
 def select(frame: pd.DataFrame, filters: dict, name: str) -> pd.DataFrame:
     """Rows whose columns match every filter (a value or a list of accepted values)."""
     keep = pd.Series(True, index=frame.index)
@@ -110,9 +115,10 @@ def table1_per_seed(frame: pd.DataFrame, perceptual: pd.DataFrame | None) -> pd.
 
 def table1(volumes: pd.DataFrame, methods: list[str], split_filter: dict, acceleration: int,
            stem: str | Path, perceptual: pd.DataFrame | None = None, notes: list[str] = (),
-           mask_type: str = "random") -> pd.DataFrame:
+           mask_type: str = "random", mask_per: str = "slice", normalise: str = "gt_max") -> pd.DataFrame:
     """Mean PSNR/SSIM/NMSE over the test volumes of `split_filter` and LPIPS/rFID/KID, one row per method;
-    `notes` (per-method caveats from the config) follow the perceptual footnotes.
+    `notes` (per-method caveats from the config) follow the perceptual footnotes; the caption names the input
+    scaling (config data.normalise, `NORMALISE_CAPTION`).
 
     With several training seeds each number is the mean over seeds of the per-seed value; the csv adds the sd over
     seeds (`<metric> sd`) and every seed's value (`<metric> seed<k>`), the md / tex print "mean ± sd"."""
@@ -142,19 +148,21 @@ def table1(volumes: pd.DataFrame, methods: list[str], split_filter: dict, accele
         notes.append(f"Mean ± sd over {len(seeds)} training seeds ({', '.join(map(str, seeds))}); every seed's value "
                      f"is in the csv.")
     write_table_formats(table, stem, f"Table I: quantitative evaluation, AF {acceleration}, {mask_type} masks "
-                                     f"(mean over test volumes, fastMRI protocol)", notes, shown)
+                                     f"(one per test {mask_per}; mean over test volumes, fastMRI protocol; "
+                                     f"{NORMALISE_CAPTION[normalise]})", notes, shown)
     return table
 
 
 def table3(volumes: pd.DataFrame, methods: list[str], test_splits: dict[str, dict], acceleration: int,
-           stem: str | Path, mask_type: str = "random") -> pd.DataFrame:
+           stem: str | Path, mask_type: str = "random", mask_per: str = "slice") -> pd.DataFrame:
     """PSNR per method across every configured test sub-split (one column each), averaged over training seeds."""
     frame = seed_averaged(volumes[volumes.acceleration == acceleration])
     columns = {name: select(frame, filters, name).groupby("method")["psnr"].mean()
                for name, filters in test_splits.items()}
     table = pd.DataFrame(columns).reindex(method_order(frame, methods))
     table.index = [METHOD_LABELS.get(m, m) for m in table.index]
-    write_table_formats(table, stem, f"Table III: PSNR across test sub-splits, AF {acceleration}, {mask_type} masks")
+    write_table_formats(table, stem, f"Table III: PSNR across test sub-splits, AF {acceleration}, {mask_type} masks "
+                                     f"(one per test {mask_per})")
     return table
 
 

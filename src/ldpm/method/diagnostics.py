@@ -9,7 +9,9 @@ averaged over slices):
 - LDPM with c_latent = 0 (does the condition matter?);
 - LDPM without the guidance stage (t ≤ p stage off; latent DC kept): δ here vs LDPM's is the guidance's effect;
 - LDPM, read from its reconstruction file (Table I's numbers).
-The LDPM rows that are sampled here use the reconstructor with the pipeline seed, so their noise is LDPM's.
+The LDPM rows that are sampled here use the reconstructor with the pipeline seed, so their noise is LDPM's. Every
+row is computed from the measurement scaled by data.normalise, scaled back, and clipped as every method's output
+(`ldpm.physics.clip_output`: negatives to 0, no upper clip).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ldpm.io import read_images, read_recon, read_table
 from ldpm.method.reconstruct import build_ldpm, load_ldpm_models
 from ldpm.models.latent import decode, encode
 from ldpm.models.swinir import sketcher
-from ldpm.physics import undersample
+from ldpm.physics import clip_output, input_scale, undersample
 from ldpm.sampling.dual_stage import kspace_loss
 from ldpm.train import resolve_device
 
@@ -41,8 +43,10 @@ ROWS = {"zero_filled": "zero-filled x_u", "sketch": "sketch |DC(R(x_u))|", "vae_
 
 @torch.no_grad()
 def diagnostic_images(gt: np.ndarray, masks: torch.Tensor, weights: dict[str, str], hp: dict, seed: int,
-                      device: str = "auto", batch_size: int = 16) -> dict[str, np.ndarray]:
-    """{row: (N, H, W) images} for every row computed here, from the ground truth (N, H, W) and its test masks."""
+                      device: str = "auto", batch_size: int = 16, normalise: str = "gt_max") -> dict[str, np.ndarray]:
+    """{row: (N, H, W) images} for every row computed here, from the ground truth (N, H, W) and its test masks.
+    Under data.normalise "input" the rows are computed from x, k_u and x_u divided by each zero-filled slice's
+    maximum (the ground-truth ceiling row too: it bounds what LDPM samples in those units) and multiplied back."""
     dev = resolve_device(device)
     weights = {k: Path(v) for k, v in weights.items()}
     models = load_ldpm_models(weights, hp, dev)  # one copy for the sketch, the VAE rows and both LDPM rows
@@ -55,12 +59,15 @@ def diagnostic_images(gt: np.ndarray, masks: torch.Tensor, weights: dict[str, st
         sl = slice(start, start + batch_size)
         x, mask = torch.from_numpy(gt[sl])[:, None].to(dev), masks[sl].to(dev)
         k_u, x_u = undersample(x, mask)
+        s = input_scale(x_u, normalise)
+        if s is not None:
+            x, k_u, x_u = x / s, k_u / s, x_u / s
         c = sketcher(x_u, k_u, mask, models.net)
-        images = {"zero_filled": x_u, "sketch": c, "vae_sketch": decode(vae, encode(vae, c)).clamp(0, 1),
-                  "vae_gt": decode(vae, encode(vae, x)).clamp(0, 1)}
+        images = {"zero_filled": x_u, "sketch": c, "vae_sketch": decode(vae, encode(vae, c)),
+                  "vae_gt": decode(vae, encode(vae, x))}
         images |= {row: run(x_u, k_u, mask, sketch=c, **kwargs) for row, (run, kwargs) in runners.items()}
         for row, image in images.items():
-            out[row][sl] = image[:, 0].float().cpu().numpy()
+            out[row][sl] = clip_output(image.float() if s is None else image.float() * s)[:, 0].cpu().numpy()
     return out
 
 
@@ -73,10 +80,10 @@ def mean_delta(gt: np.ndarray, pred: np.ndarray, masks: torch.Tensor) -> np.ndar
 
 def ldpm_diagnostics(test_h5, test_csv, masks_npz, ldpm_recon, weights: dict[str, str], hp: dict,
                      test_splits: dict[str, dict], acceleration: int, seed: int, out_stem: str | Path,
-                     device: str = "auto", mask_type: str = "random") -> pd.DataFrame:
+                     device: str = "auto", mask_type: str = "random", normalise: str = "gt_max") -> pd.DataFrame:
     gt, meta = read_images(test_h5), read_table(test_csv)
     masks = load_test_masks(masks_npz, meta["slice_id"].tolist())
-    images = diagnostic_images(gt, masks, weights, hp, seed, device)
+    images = diagnostic_images(gt, masks, weights, hp, seed, device, normalise=normalise)
     images["ldpm"] = read_recon(ldpm_recon)
     deltas = {row: mean_delta(gt, im, masks) for row, im in images.items()}
     records = []

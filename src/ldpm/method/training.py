@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from ldpm.baselines import (psnr_ssim, reconstruction_metrics, undersampled_batch, validation_images,
-                            validation_set)
+from ldpm.baselines import (psnr_ssim, reconstruction_metrics, simulated_measurement, undersampled_batch,
+                            validation_images, validation_set)
 from ldpm.io import SliceFile, stable_seed
 from ldpm.losses import PatchDiscriminator, VGGPerceptual, discriminator_loss, mrvae_loss
 from ldpm.method.components import (build_sketcher, load_sketcher, load_vae, natural_patches, pretrained_unet,
@@ -34,6 +34,7 @@ from ldpm.models.latent import (encode, encode_sample, from_vae_output, latent_s
                                 tiny_empty_prompt, tiny_unet, tiny_vae, to_vae_input)
 from ldpm.models.mrcontrolnet import MRControlNet, training_loss
 from ldpm.models.swinir import sketcher
+from ldpm.physics import clip_output
 from ldpm.train import (VAL_SLICES, EpochSampler, Trainer, curve_path, data_parallel, epoch_trainer, optimizer_step,
                         resolve_device, seed_everything, shard, step_rng)
 from ldpm.weights import save_weights
@@ -49,15 +50,16 @@ def noise_generator(seed: int, step: int) -> torch.Generator:
 # ------------------------------------------------------------------------------------------------ validation
 def vae_metrics(vae: nn.Module, x01: torch.Tensor, batch_size: int) -> dict[str, float]:
     """A VAE on images (N, 1, H, W) in [0, 1], decoding the posterior mode: the L1 term of eq. 5 (mean |rec − x|
-    in the VAE's [-1, 1] RGB space, as `ldpm.losses.mrvae_loss`) and the PSNR of the reconstruction, clamped to
-    [0, 1] and channel-averaged as LDPM decodes (`ldpm.baselines.psnr_ssim`, data range = each image's max)."""
+    in the VAE's [-1, 1] RGB space, as `ldpm.losses.mrvae_loss`) and the PSNR of the reconstruction,
+    channel-averaged as LDPM decodes and clipped as every output (`ldpm.physics.clip_output`;
+    `ldpm.baselines.psnr_ssim`, data range = each image's max)."""
     dev = next(vae.parameters()).device
     abs_sum, count, images = 0.0, 0, []
     for chunk in x01.split(batch_size):
         x3 = to_vae_input(chunk.to(dev))
         rec = vae.decode(vae.encode(x3).latent_dist.mode()).sample
         abs_sum, count = abs_sum + float((rec - x3).abs().sum()), count + x3.numel()
-        images.append(from_vae_output(rec).clamp(0, 1).float().cpu())
+        images.append(clip_output(from_vae_output(rec).float()).cpu())
     return {"l1": abs_sum / count, "psnr": psnr_ssim(x01[:, 0].numpy(), torch.cat(images)[:, 0].numpy())["psnr"]}
 
 
@@ -233,16 +235,21 @@ def train_mrvae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, m
     vae = pretrained_vae(inputs, hp).to(dev).train().requires_grad_(True)
     disc = PatchDiscriminator(in_chans=3, ndf=cfg["disc_channels"], n_layers=cfg["disc_layers"]).to(dev)
     last_layer = vae.decoder.conv_out.weight if cfg["adaptive_gan_weight"] else None  # see ldpm.losses
-    # Adam's default betas for the VAE (in a short fine-tune they reach a lower L1 than taming's (0.5, 0.9)),
-    # taming's betas for the discriminator.
+    # Adam's default betas for the VAE, taming's (0.5, 0.9) for the discriminator (SD's kl-f8 used (0.5, 0.9) for
+    # both). The paper is silent; the comparison that chose this predates eq. 5's per-image sums and is not claimed.
     opt_g = torch.optim.Adam(vae.parameters(), lr=cfg["lr"])
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr"], betas=(0.5, 0.9))
     sampler, trainer = epoch_trainer({"vae": vae, "disc": disc}, {"adam_g": opt_g, "adam_d": opt_d},
                                      ckpt_dir, len(images), cfg, seed, "mrvae")
     autoencode, ddp_disc = data_parallel(_Autoencode(vae)), data_parallel(disc)
+    # data.normalise "input": the images in the units LDPM decodes to, those of the scaled measurement
+    by_input = masks_cfg.get("normalise", "gt_max") == "input"
 
     def step(i: int) -> dict[str, float]:
-        (x3,) = shard(to_vae_input(images[sampler.batch(i)][:, None].to(dev)))
+        if by_input:
+            x3 = to_vae_input(undersampled_batch(images, sampler, i, seed, masks_cfg, dev)[0])
+        else:
+            (x3,) = shard(to_vae_input(images[sampler.batch(i)][:, None].to(dev)))
         rec, moments = autoencode(x3, noise_generator(seed, i))
         posterior = DiagonalGaussianDistribution(moments)
         gan_on = i >= cfg["disc_start"]
@@ -257,21 +264,33 @@ def train_mrvae(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, m
             terms["d_hinge"] = d_loss.item()
         return {k: v for k, v in terms.items() if k != "perceptual_on"}
 
-    picked = validation_images(inputs, val_slices, "mrvae", " (L1 of eq. 5 and PSNR, posterior mode)")
+    if by_input:
+        val = validation_set(inputs, val_slices, seed, masks_cfg, dev, "mrvae")
+        picked = None if val is None else (val.index, val.x.cpu())
+    else:
+        picked = validation_images(inputs, val_slices, "mrvae", " (L1 of eq. 5 and PSNR, posterior mode)")
     validate = None if picked is None else (lambda: vae_metrics(vae, picked[1], cfg["batch_size"]))
     history = trainer.run(step, validate, curve_path(out))
-    # The fine-tuned latents no longer have the photo VAE's spread: measure 1/std on the training set, as SD did
-    # (evenly spaced images, at most `scale_images`), so the diffusion prior sees unit-variance latents. Only those
-    # images are read: the memory this takes is bounded by `scale_images`, not by the size of the training set.
+    # Latent scale (config ldpm.mrvae.scaling): "sd" keeps the pretrained VAE's factor (SD's 0.18215 at paper scale),
+    # the scale the frozen U-Net was trained at and DiffBIR keeps, so LDPM and its w/o-MR-VAE ablation sample at one
+    # scale; "measured" sets 1/std of the fine-tuned latents on the training set (LDM's rule; evenly spaced images,
+    # at most `scale_images`, so its memory is bounded by that and not by the training set).
     vae.eval()
     pick = torch.linspace(0, len(images) - 1, min(len(images), cfg["scale_images"])).long()
     previous = float(vae.config.scaling_factor)
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, images[pick][:, None]))
-    log.info("MR-VAE scaling_factor = %.4f (measured on %d training images; the pretrained VAE had %.4f)",
-             vae.config.scaling_factor, len(pick), previous)
+    scale_images = images[pick][:, None]
+    if by_input:  # in the units training saw them: scaled under masks of their own stream
+        scale_images = simulated_measurement(scale_images, step_rng(seed, 4, 0), masks_cfg)[0]
+    measured = latent_scaling_factor(vae, scale_images)
+    if cfg["scaling"] == "measured":
+        vae.register_to_config(scaling_factor=measured)
+    log.info("MR-VAE scaling_factor = %.4f (ldpm.mrvae.scaling: %s; the pretrained VAE's %.4f, 1/std of the "
+             "fine-tuned latents on %d training images %.4f)", vae.config.scaling_factor, cfg["scaling"], previous,
+             len(pick), measured)
     save_weights(vae, out, metadata=vae_metadata(vae, stage="ldpm_mrvae", perceptual=perceptual, seed=seed,
                                                  mu=cfg["mu"], nu=cfg["nu"], omega=cfg["omega"], lam=cfg["lam"],
-                                                 disc_start=cfg["disc_start"], scaling_images=len(pick)))
+                                                 disc_start=cfg["disc_start"], scaling=cfg["scaling"],
+                                                 scaling_images=len(pick), measured_scaling_factor=repr(measured)))
     return history
 
 

@@ -3,8 +3,10 @@
 The paper fixes g = 0.1, p = 200 and eq. 12 for SD-2-1-base at 320²; a tiny latent model at 64² need not share
 them. `tune_sampler` runs LDPM (the full model, with its trained weights) on `val_slices` evenly spaced validation
 slices, each with a mask seeded by (seed, "val", AF, slice id) from the test-mask recipe, for every combination of
-the configured grid, and keeps the combination with the highest mean PSNR (data range = the slice's volume
-maximum, as in the fastMRI protocol; ties go to the first in grid order). Every combination starts from the same
+the configured grid, and keeps the combination with the highest mean PSNR of the output as the reconstruct stage
+leaves it: the measurement scaled by data.normalise and the output clipped by `ldpm.physics.clip_output`
+(`ldpm.evaluate.protocol.psnr`, data range = the slice's volume maximum, as in the fastMRI protocol; ties go to the
+first in grid order). Every combination starts from the same
 seed, so the rows differ only by their settings. Outputs: a JSON with the chosen values (read by the LDPM
 reconstructors) and a CSV with every row, so a reader sees how flat or sharp the choice was.
 """
@@ -19,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from fastmri import evaluate as fm
 
 from ldpm.data.masks import sample_mask
+from ldpm.evaluate import protocol
 from ldpm.io import atomic_output, read_images, read_table, stable_seed, write_table
 from ldpm.method.reconstruct import build_ldpm, sampler_settings
-from ldpm.physics import undersample
+from ldpm.physics import clip_output, scaled_method, undersample
 from ldpm.train import resolve_device
 
 log = logging.getLogger("ldpm.method")
@@ -47,7 +49,8 @@ def validation_batch(val_h5: str | Path, val_csv: str | Path, n_slices: int, acc
 
 def tune_sampler(val_h5: str | Path, val_csv: str | Path, weights: dict[str, str], hp: dict, acceleration: int,
                  center_fraction: float, seed: int, out_json: str | Path, out_csv: str | Path,
-                 device: str = "auto", batch_size: int = 16, mask_type: str = "random") -> dict:
+                 device: str = "auto", batch_size: int = 16, mask_type: str = "random",
+                 normalise: str = "gt_max") -> dict:
     grid = hp["tuning"]["grid"]
     if not grid:
         raise ValueError("ldpm.tuning.grid is empty: nothing to tune")
@@ -61,14 +64,14 @@ def tune_sampler(val_h5: str | Path, val_csv: str | Path, weights: dict[str, str
     for values in itertools.product(*(grid[k] for k in keys)):
         settings = base | dict(zip(keys, values))
         torch.manual_seed(seed)
-        run = build_ldpm(weights, hp, dev, sampler=settings)
+        run = scaled_method(build_ldpm(weights, hp, dev, sampler=settings), normalise)
         out = []
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 xb, mb = x[start:start + batch_size].to(dev), masks[start:start + batch_size].to(dev)
                 k_u, x_u = undersample(xb, mb)
-                out.append(run(x_u, k_u, mb)[:, 0].float().cpu().numpy())
-        psnr = np.array([fm.psnr(g, p, m) for g, p, m in zip(x[:, 0].numpy(), np.concatenate(out), vmax)])
+                out.append(clip_output(run(x_u, k_u, mb).float())[:, 0].cpu().numpy())
+        psnr = np.array([protocol.psnr(g, p, m) for g, p, m in zip(x[:, 0].numpy(), np.concatenate(out), vmax)])
         rows.append(dict(zip(keys, values)) | {"psnr": float(psnr.mean()), "psnr_sd": float(psnr.std())})
         log.info("validation %s: PSNR %.3f dB over %d slices", dict(zip(keys, values)), rows[-1]["psnr"], len(x))
     table = pd.DataFrame(rows)

@@ -6,34 +6,39 @@ cumulative product at t and ᾱ_{t−1} the one at the next (smaller) timestep o
 
     ε_t  = ε_θ(z_t, t)
     ẑ0   = (z_t − √(1−ᾱ_t) ε_t) / √ᾱ_t                      eq. 8 without its √ᾱ_{t−1} factor
-    ẑ0'  = E[|DC(D(ẑ0), k_u, M)|]            if t > p         eq. 9 (posterior mode, no random phase)
-         = ẑ0 − g ∇_ẑ0 δ(ẑ0)                 if t ≤ p         eqs. 10–11 (one step, autograd through D)
-    z_{t−1} = c1 ẑ0' + c2 z_t + σ_t n,  n ~ N(0, I), no noise at the last step     step_form="posterior"
+    t > p:  ẑ0' = E[|DC(D(ẑ0), k_u, M)|]                     eq. 9 (posterior mode, no random phase), then
+            z_{t−1} = U(ẑ0') + σ_t n
+    t ≤ p:  Δ = −s ∇_ẑ0 δ(ẑ0)                                eqs. 10–11 (one step, autograd through D, in fp32)
+            z_{t−1} = U(ẑ0) + Δ + σ_t n
+    n ~ N(0, I), no noise at the last step; no step does both DC and guidance.
 
+U is the update form (`step_form`):
+    "eq12":      U(ẑ0) = √ᾱ_{t−1} ẑ0 + √(1 − ᾱ_{t−1} − σ_t²) ε_t        the paper's eq. 12 (σ_t n left implicit there)
+    "posterior": U(ẑ0) = c1 ẑ0 + c2 z_t                                 DiffBIR's SpacedSampler
 with the spaced chain's β_t = 1 − ᾱ_t/ᾱ_{t−1}, c1 = √ᾱ_{t−1} β_t/(1−ᾱ_t), c2 = √(1−β_t)(1−ᾱ_{t−1})/(1−ᾱ_t) and
-σ_t² = β̃_t = β_t (1−ᾱ_{t−1})/(1−ᾱ_t): the mean and variance of the DDPM posterior q(z_{t−1} | z_t, ẑ0'), as in
-improved-DDPM / DiffBIR's SpacedSampler ("fixed_small" variance).
-
-The paper's eq. 8 writes ẑ0 already multiplied by √ᾱ_{t−1}, and eq. 12 is the DDIM-form update
-    z_{t−1} = √ᾱ_{t−1} ẑ0' + √(1 − ᾱ_{t−1} − σ_t²) ε_t (+ σ_t n, left implicit in the paper)    step_form="eq12".
-Here ẑ0 is kept unscaled because it is what the VAE decodes (DC and guidance act on it) and √ᾱ_{t−1} enters in
-the update. Since c1 + c2√ᾱ_t = √ᾱ_{t−1} and c2√(1−ᾱ_t) = √(1−ᾱ_{t−1}−β̃_t), both forms are the same ancestral
-DDPM step whenever ẑ0' = ẑ0 (DC and guidance off). With a correction they differ:
+σ_t² = β̃_t = β_t (1−ᾱ_{t−1})/(1−ᾱ_t): the mean and variance of the DDPM posterior q(z_{t−1} | z_t, ẑ0), as in
+improved-DDPM / DiffBIR ("fixed_small" variance). Since c1 + c2√ᾱ_t = √ᾱ_{t−1} and c2√(1−ᾱ_t) = √(1−ᾱ_{t−1}−β̃_t),
+both forms are the same ancestral DDPM step when nothing corrects ẑ0. A DC replacement ẑ0 → ẑ0' (t > p) reaches
+z_{t−1} as √ᾱ_{t−1}(ẑ0' − ẑ0) under eq12 and as c1(ẑ0' − ẑ0) under posterior:
     posterior = eq12 − c2√ᾱ_t (ẑ0' − ẑ0),
-i.e. the posterior form applies only the fraction β_t/(1−ᾱ_t) of the correction (small at high noise). The
-function's default is "eq12", the paper's formula (configs/paper.yaml); "posterior" is DiffBIR's sampler, which
-the paper modifies. config.yaml states which one the embedded default uses and why.
+i.e. the posterior form keeps the fraction β_t/(1−ᾱ_t) of a DC correction (small at high noise).
+
+The guidance correction Δ moves z_{t−1} by Δ itself under both forms. This is DiffBIR's guidance, which divides
+the change of ẑ0 by c1 (`grad_rescale`) so that the posterior mean moves by what the gradient says, and it is the
+paper's eqs. 8, 11 and 12 read together: eq. 8's ẑ0 already carries √ᾱ_{t−1}, eq. 11 steps on that, and eq. 12
+passes it on with weight 1. (The gradient is taken at the unscaled ẑ0 that the VAE decodes.)
 
 Guidance scale g: two conventions (config `guidance_convention`).
-- "diffbir" (default): the paper's guidance is "modified from DiffBIR's restoration guidance", and DiffBIR's
-  implementation (v2, `diffbir/utils/cond_fn.py`) multiplies the user's scale by 3000 and takes the gradient of a
-  *mean* squared error per image (summed over the batch). Here: δ = mean over the sampled k-space entries of
-  |F(D(ẑ0)) − k_u|² per image, and ẑ0' = ẑ0 − 3000·g·∇δ. This is how g = 0.1 was meant: an effective step of 300
-  on a mean loss. (DiffBIR's posterior-form sampler also divides the ẑ0 change by the posterior-mean coefficient;
-  with eq. 12 the change reaches z_{t−1} through √ᾱ_{t−1} instead, as the paper writes it.)
-- "literal": eq. 11 as printed, ẑ0' = ẑ0 − g·∇δ, with δ summed over k-space entries ("sum") or averaged over the
-  sampled ones ("mean", `guidance_norm`). With g = 0.1 and the mean this moves ẑ0 by ~1e-4 of a real correction
-  per step: measurably inert (kept to show it, not as a default).
+- "diffbir" (default): the paper's guidance is "modified from DiffBIR's restoration guidance", and DiffBIR v2
+  (`diffbir/utils/cond_fn.py`, MSEGuidance) multiplies the user's scale by 3000 and takes the gradient of a mean
+  squared error per image on [−1, 1] RGB decodes (summed over the batch). Here δ = mean over the sampled k-space
+  entries of |F(D(ẑ0)) − k_u|² per image, on the [0, 1] one-channel magnitude. At full sampling (orthonormal FFT,
+  Parseval) that δ is the mean squared error on [0, 1] images, a quarter of DiffBIR's MSE on the [−1, 1] RGB image
+  (every channel the same): s = 3000 · 4 · g makes the step DiffBIR's (`test_diffbir_convention_is_diffbirs_step_
+  at_full_sampling`). g = 0.1 then means s = 1200 on the mean loss.
+- "literal": eq. 11 as printed, s = g, with δ summed over k-space entries ("sum") or averaged over the sampled
+  ones ("mean", `guidance_norm`). With g = 0.1 and the mean this moves ẑ0 by ~1e-4 of a real correction per step:
+  measurably inert (kept to show it, not as a default).
 Per-image δ are summed over the batch before the gradient, so each image's step depends only on its own δ.
 """
 
@@ -82,6 +87,8 @@ def spaced_timesteps(num_train: int = 1000, num_steps: int = 50,
 
 
 DIFFBIR_SCALE = 3000.0  # DiffBIR v2's internal multiplier of the user's guidance scale (cond_fn.Guidance)
+# DiffBIR's MSE is on [−1, 1] images, δ here on [0, 1]: the same error is 2² = 4 times larger there.
+DIFFBIR_RANGE = 4.0
 GUIDANCE_CONVENTIONS = ("diffbir", "literal")
 
 
@@ -90,7 +97,7 @@ def guidance_step_size(scale: float, convention: str = "diffbir", norm: str = "m
     if convention == "diffbir":
         if norm != "mean":
             raise ValueError("guidance_convention 'diffbir' takes the mean squared error (guidance_norm: mean)")
-        return DIFFBIR_SCALE * scale, "mean"
+        return DIFFBIR_SCALE * DIFFBIR_RANGE * scale, "mean"
     if convention == "literal":
         return scale, norm
     raise ValueError(f"guidance_convention must be one of {GUIDANCE_CONVENTIONS}, got {convention!r}")
@@ -121,9 +128,10 @@ def latent_dc(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae) -> t
 def guidance_step(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae, step: float,
                   norm: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 11: ẑ0' = ẑ0 − step·∇_ẑ0 δ with δ of eq. 10 through the decoder (`step` from `guidance_step_size`).
-    Returns (ẑ0', δ per image before the step)."""
-    z = z0.detach().requires_grad_(True)
-    with torch.enable_grad():
+    Returns (ẑ0', δ per image before the step). Always fp32, autocast off: the gradient is the update itself, and
+    bf16's 8-bit mantissa would round it (on CUDA the reconstruct stage samples under bf16 autocast)."""
+    z = z0.detach().float().requires_grad_(True)
+    with torch.enable_grad(), torch.autocast(device_type=z.device.type, enabled=False):
         delta = kspace_loss(decode(vae, z), k_u, mask, norm)
         (grad,) = torch.autograd.grad(delta.sum(), z)
     return (z0 - step * grad).detach(), delta.detach()
@@ -185,14 +193,15 @@ def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, k_u: torch.Tenso
         with torch.no_grad():
             eps = eps_fn(z, torch.full((z.shape[0],), t, dtype=torch.long, device=z.device))
         z0 = predict_z0(z, eps, a)
+        guidance = 0.0  # Δ, passed to z_{t−1} whole (module docstring)
         if t > p and use_dc:
             z0 = latent_dc(z0, k_u, mask, vae)
         elif t <= p and use_guidance:
-            z0, _ = guidance_step(z0, k_u, mask, vae, g_step, g_norm)
+            guidance = guidance_step(z0, k_u, mask, vae, g_step, g_norm)[0] - z0
         if step_form == "posterior":
-            z = posterior_mean(z0, z, a, a_prev, beta)
+            z = posterior_mean(z0, z, a, a_prev, beta) + guidance
         else:
-            z = eq12_update(z0, eps, a_prev, var)
+            z = eq12_update(z0, eps, a_prev, var) + guidance
         if i < n - 1:  # the last step (t = 0) adds no noise
             z = z + var ** 0.5 * _noise_like(z, generator)
     image = None
