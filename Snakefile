@@ -47,7 +47,7 @@ include: "workflow/rules/report.smk"
 
 
 # Cheap rules run on the submit host when a cluster executor is used (profiles/slurm).
-localrules: all, masks, tables, figure2, stats, audit, html_report
+localrules: all, masks, tables, figure2, forest_plot, stats, audit, html_report
 
 
 rule all:

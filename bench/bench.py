@@ -7,9 +7,11 @@ P2  The whole preprocessing stage (split, shard jobs, gather: h5 writes and norm
     processes, with 1 and with 2 shard jobs at once (the speed-up is the ratio), and against the floor (h5 read +
     ifft + RSS in plain numpy, in-process) on the same raw files. Goal ≥ 0.5× of the floor.
 P3  End-to-end default pipeline from clean, and the no-op rerun (optional: --p3, takes the full pipeline time).
+P5  Classical CS (ldpm.baselines.cs, sigpy, 200 iterations, one coil) per slice at 320² and 64², beside P1's
+    LDPM and Score-MRI (optional: --p5).
 
 Each P1 measurement runs in its own process so its peak resident memory (ru_maxrss) is its own.
-Run: .venv/bin/python bench/bench.py [--p1] [--p2] [--p3] [--device auto]   (no flag = P1 and P2)
+Run: .venv/bin/python bench/bench.py [--p1] [--p2] [--p3] [--p5] [--device auto]   (no flag = P1 and P2)
 """
 
 from __future__ import annotations
@@ -388,6 +390,7 @@ def write_markdown(res: dict) -> str:
                   f"- no-op rerun: {r['noop_s']:.1f} s (Snakemake said 'Nothing to be done': "
                   f"{r.get('noop_nothing_to_do', 'not recorded')})", ""]
     lines += p4_markdown(res["p4"]) if "p4" in res else []
+    lines += p5_markdown(res["p5"], res.get("p1")) if "p5" in res else []
     lines += ["## Paper-path rehearsal", "", "`bash bench/rehearsal.sh cpu|gpu WORKDIR --record` writes its own record: "
               "bench/rehearsal-cpu.md (2 CPU cores) and bench/rehearsal-gpu.md, with per-rule peak memory in "
               "bench/rehearsal-*-peaks.csv.", ""]
@@ -400,6 +403,7 @@ def main() -> None:
     ap.add_argument("--p2", action="store_true")
     ap.add_argument("--p3", action="store_true")
     ap.add_argument("--p4", action="store_true", help="training peak RSS at two training-set sizes")
+    ap.add_argument("--p5", action="store_true", help="classical CS seconds per slice at 320² and 64²")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ldpm-steps", type=int, default=50, help="DSS steps (DiffBIR's default; the paper gives none)")
     ap.add_argument("--p", type=int, default=200)
@@ -409,7 +413,7 @@ def main() -> None:
     ap.add_argument("--p2-dir", help="P2's raw data directory, kept and reused (default: a temporary one)")
     ap.add_argument("--p3-dir", help="P3's working directory, kept afterwards (default: a temporary one)")
     a = ap.parse_args()
-    if not (a.p1 or a.p2 or a.p3 or a.p4):
+    if not (a.p1 or a.p2 or a.p3 or a.p4 or a.p5):
         a.p1 = a.p2 = True
     res = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     res |= {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {a.device}",
@@ -423,6 +427,8 @@ def main() -> None:
         res["p3"] = p3(a.p3_dir) | where
     if a.p4:
         res["p4"] = p4() | where
+    if a.p5:
+        res["p5"] = p5() | where
     RESULTS_JSON.write_text(json.dumps(res, indent=1))
     RESULTS_MD.write_text(write_markdown(res))
     print(RESULTS_MD.read_text())
@@ -507,3 +513,44 @@ def p4_markdown(r: dict) -> list[str]:
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------------------------------------------ P5
+def p5(sizes: tuple[int, ...] = (320, 64), iterations: int = 200, batch: int = 4, repeats: int = 2) -> dict:
+    """Seconds per slice of both CS rows on a real MR slice (scikit-image's brain), AF 8 random mask, λ 0.01:
+    `batch` slices per solve. Best of `repeats`, after a warm-up (numba compiles)."""
+    import numpy as np
+    from skimage.data import brain
+    from skimage.transform import resize
+
+    from ldpm.baselines.cs import cs_reconstruct
+    from ldpm.data.masks import sample_mask
+
+    out = {}
+    for size in sizes:
+        image = resize(brain()[5].astype(np.float32), (size, size))
+        image /= image.max()
+        mask = sample_mask(size, 8, 0.04, seed=0, mask_type="random").astype(np.float32)
+        k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho")) * mask
+        k_u = np.broadcast_to(k, (batch, 1, size, size)).copy()
+        for prior in ("tv", "wavelet"):
+            cs_reconstruct(k_u[:1], mask, 0.01, prior, 2)
+            seconds = min(_timed(lambda: cs_reconstruct(k_u, mask, 0.01, prior, iterations)) for _ in range(repeats))
+            out[f"{prior}_{size}"] = seconds / batch
+    return {"iterations": iterations, "batch": batch, "seconds_per_slice": out}
+
+
+def p5_markdown(r: dict, p1_result: dict | None) -> list[str]:
+    t = r["seconds_per_slice"]
+    lines = ["## P5: classical compressed sensing per slice (`cs_tv`, `cs_wavelet`)", "", *measured_on(r),
+             f"sigpy on numpy (CPU; one coil, map of ones), {r['iterations']} iterations, {r['batch']} slices per "
+             f"solve (the wavelet and FFT work dominates, so the cost per slice hardly depends on the batch), λ 0.01, "
+             f"AF 8 random mask, scikit-image's brain slice. "
+             f"Seconds per slice; LDPM and Score-MRI from P1 (paper architectures, measured components × calls).", "",
+             "| method | 320² (s / slice) | 64² (s / slice) |", "|---|---|---|",
+             f"| CS-TV | {t['tv_320']:.3f} | {t['tv_64']:.4f} |",
+             f"| CS-wavelet (db4) | {t['wavelet_320']:.3f} | {t['wavelet_64']:.4f} |"]
+    if p1_result:
+        lines += [f"| LDPM (P1) | {p1_result['ldpm']['seconds']:.1f} | |",
+                  f"| Score-MRI (P1) | {p1_result['score_mri']['seconds']:.1f} | |"]
+    return lines + [""]

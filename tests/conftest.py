@@ -62,6 +62,7 @@ def small_config() -> dict:
     cfg["varnet"].update(num_cascades=2, chans=4, pools=2, sens_chans=4, sens_pools=2, epochs=20)
     cfg["swinmr"].update(embed_dim=16, depths=[1], num_heads=[2], batch_size=4, epochs=15)
     cfg["score_mri"].update(batch_size=4, epochs=1, n_steps=3)
+    cfg["cs"].update(iterations=20, val_slices=4)
     tiny_ldpm = {"vae": {"channels": 8, "norm_num_groups": 4},
                  "unet": {"block_out_channels": [16, 32], "cross_attention_dim": 16, "norm_num_groups": 4},
                  "natural": {"n_patches": 32}, "natural_vae": {"steps": 4}, "natural_unet": {"steps": 4},

@@ -531,3 +531,20 @@ def test_your_own_fastmri_folder_is_an_extra_test_dataset_of_the_embedded_defaul
     with pytest.raises(LdpmError, match=r"data.datasets.mine.role: a folder added to the embedded default is test"):
         validate_config(cfg | {"data": cfg["data"] | {"datasets": cfg["data"]["datasets"]
                                                       | {"mine": {"role": "in_distribution", "paths": [str(mine)]}}}})
+
+
+def test_the_embedded_default_can_reach_significance_on_its_test_split():
+    """config.yaml's subjects and split fractions give at least 12 test subjects (the exact sign-flip test's smallest
+    two-sided p, 2/2^n, is then <= 0.0005) and 4 validation subjects, with training subjects left."""
+    import yaml
+
+    from conftest import REPO
+
+    data = yaml.safe_load((REPO / "config.yaml").read_text())["data"]
+    subjects = data["embedded"]["n_subjects"]
+    index = pd.DataFrame({"patient_id": np.repeat(np.arange(subjects), data["embedded"]["volumes_per_subject"]),
+                          "role": "in_distribution"})
+    split = assign_splits(index, data["split"]["val_fraction"], data["split"]["test_fraction"], seed=0)
+    per_split = index.groupby(split.to_numpy())["patient_id"].nunique()
+    assert per_split["test"] >= 12 and 2 / 2 ** per_split["test"] <= 0.0005
+    assert per_split["val"] >= 4 and per_split["train"] >= 20

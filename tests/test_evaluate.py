@@ -565,7 +565,7 @@ def test_table1_reports_mean_and_sd_over_training_seeds_and_stats_average_seeds_
     assert row["PSNR"] == pytest.approx(per_seed.mean()) and row["PSNR sd"] == pytest.approx(per_seed.std(ddof=1))
     assert row["PSNR seed0"] == pytest.approx(per_seed[0]) and row["PSNR seed1"] == pytest.approx(per_seed[1])
     assert row["volumes"] == 6
-    assert f"{per_seed.mean():.4f} ± {per_seed.std(ddof=1):.4f}" in (tmp_path / "t1.md").read_text()
+    assert f"{per_seed.mean():.2f} ± {per_seed.std(ddof=1):.2f}" in (tmp_path / "t1.md").read_text()
     stats = stats_table(volumes, ["zero_filled", "ldpm"], {"dataset": "brain"}, 8, tmp_path / "s", n_boot=200)
     averaged = volumes.groupby(["method", "volume"]).psnr.mean()
     got = stats.query("method == 'zero_filled' and metric == 'psnr'").iloc[0]

@@ -204,7 +204,7 @@ NOT_MODEL_OR_LOSS = {
     "train_processes": "hardware (DDP gives the same steps)", "methods": "Table I rows (asserted above)",
     "test_splits": "Table III columns", "main_split": "Table I's split", "validation_slices": "monitoring only",
     "evaluation.": "metrics and statistics", "data.embedded.": "embedded data generator (data.source fastmri)",
-    "data.extra_acquisitions": "index labels", "data.shard_size": "preprocessing jobs",
+    "data.extra_acquisitions": "index labels", "cs.": "classical CS rows, beyond the paper (not in its methods)", "data.shard_size": "preprocessing jobs",
     "ldpm.vae.": "embedded tiny VAE: with ldpm.sd_dir set, SD-2-1-base's own configs replace it",
     "ldpm.unet.": "embedded tiny U-Net: with ldpm.sd_dir set, SD-2-1-base's own configs replace it",
     "ldpm.natural": "embedded stand-ins for SD's pretraining (not built with ldpm.sd_dir)",

@@ -47,7 +47,7 @@ def test_snakefile_end_to_end(finished_run):
     assert {p.stem for p in curves} >= {"unet", "varnet", "swinmr", "score_mri", "ldpm_mrvae", "ldpm_mrcn"}
     page = (tmp_path / "results/report.html").read_text()
     assert all(f"<caption>Table {n}" in page for n in ("I:", "II:", "III:"))
-    assert page.count("data:image/png") == 2 + len(curves)
+    assert page.count("data:image/png") == 3 + len(curves)  # Fig 2, Fig 3, the forest plot, the curves
     # every output stays under results/ (besides the config, Snakemake's own state and the empty hub cache)
     assert {p.name for p in tmp_path.iterdir()} <= {"config.yaml", ".snakemake", "torch_home", "results"}
     cost = pd.read_csv(tmp_path / "results/tables/compute_random_af8.csv", index_col=0)

@@ -121,7 +121,7 @@ def default_config() -> dict:
     (lambda c: c["data"]["datasets"].update(mine={"role": "test", "paths": ["mine"], "crop_size": 16}),
      "config key data.datasets.mine.crop_size: 16 < data.image_size"),
     (lambda c: c["data"].update(image_size=60), "config key data.image_size: 60 is not divisible by 8 (VAE factor 4"),
-    (lambda c: c.update(methods=["zero_filled", "cs_tv"]), "config key methods: unknown method 'cs_tv'"),
+    (lambda c: c.update(methods=["zero_filled", "cs_l1"]), "config key methods: unknown method 'cs_l1'"),
     (lambda c: c.update(main_split="Skyra"), "config key main_split"),
     (lambda c: c.update(device="cpu; touch PWNED"), "config key device"),
 ])

@@ -186,6 +186,13 @@ def cmd_tune_sampler(a: argparse.Namespace) -> None:
                  a.out_csv, device=a.device, mask_type=a.mask_type, normalise=a.normalise)
 
 
+def cmd_tune_cs(a: argparse.Namespace) -> None:
+    from ldpm.baselines.cs import tune_cs
+
+    tune_cs(a.method, a.val_h5, a.val_csv, a.hp, a.acceleration, a.center_fraction, a.seed, a.out_json, a.out_csv,
+            mask_type=a.mask_type, normalise=a.normalise)
+
+
 def cmd_ldpm_diagnostics(a: argparse.Namespace) -> None:
     from ldpm.method.diagnostics import ldpm_diagnostics
 
@@ -240,7 +247,16 @@ def cmd_report(a: argparse.Namespace) -> None:
     from ldpm.evaluate.report import data_section
 
     data_html = (data_section(a.splits, a.source, a.table3, a.main_split, a.ood_splits) if a.splits else "")
-    write_report(a.tables, a.figures, a.texts, a.out, data_html=data_html, stand_in=a.stand_in)
+    summary = {"config_files": a.config_files, "source": a.source, "split_csvs": a.splits, "seed": a.seed,
+               "training_seeds": a.training_seeds, "benchmarks": a.benchmarks}
+    write_report(a.tables, a.figures, a.texts, a.out, data_html=data_html, stand_in=a.stand_in, summary=summary,
+                 headline=a.headline, stats_csvs=a.stats)
+
+
+def cmd_forest_plot(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.figures import forest_plot
+
+    forest_plot(a.stats, a.out, protocol_label=f"AF {a.acceleration}, {a.mask_type} masks", confidence=a.confidence)
 
 
 def _normalise_arg(s: argparse.ArgumentParser) -> None:
@@ -443,6 +459,20 @@ def build_parser() -> argparse.ArgumentParser:
     _normalise_arg(s)
     s.set_defaults(func=cmd_tune_sampler)
 
+    s = sub.add_parser("tune-cs", help="choose the λ of a compressed-sensing row on validation slices (ldpm.tuning)")
+    s.add_argument("method", choices=["cs_tv", "cs_wavelet"])
+    s.add_argument("--val-h5", required=True)
+    s.add_argument("--val-csv", required=True)
+    s.add_argument("--hp", type=_json, required=True, help="config block cs")
+    s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random")
+    s.add_argument("--center-fraction", type=float, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out-json", required=True, help="chosen λ")
+    s.add_argument("--out-csv", required=True, help="every λ with its validation PSNR")
+    _normalise_arg(s)
+    s.set_defaults(func=cmd_tune_cs)
+
     s = sub.add_parser("ldpm-diagnostics", help="where LDPM's latent route loses or gains, per test split")
     _test_set_args(s)
     s.add_argument("--masks", required=True)
@@ -479,8 +509,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--main-split", default="all")
     s.add_argument("--ood-splits", type=_json, default=[], help="test_splits names of other-anatomy data (JSON)")
     s.add_argument("--stand-in", type=_json, default=[], help="configured inputs marked STAND-IN.json (JSON list)")
+    s.add_argument("--config-files", type=_json, default=[], help="the run's config file(s) (JSON list): summary")
+    s.add_argument("--seed", type=int, help="config seed: summary")
+    s.add_argument("--training-seeds", type=_json, default=[], help="config training_seeds (JSON list): summary")
+    s.add_argument("--benchmarks", help="results/benchmarks: the summary's wall time, from the files there")
+    s.add_argument("--headline", nargs="*", default=[], help="forest plots forest_<protocol>.png, shown first")
+    s.add_argument("--stats", nargs="*", default=[], help="stats_<protocol>.csv: the headline's significance line")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("forest-plot", help="the report's headline: each method's difference to LDPM with its CI")
+    s.add_argument("--stats", required=True, help="stats_<protocol>.csv of `ldpm stats`")
+    s.add_argument("--mask-type", default="random")
+    s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--confidence", type=float, help="the CI level of the statistics (config evaluation.confidence)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_forest_plot)
 
     s = sub.add_parser("audit", help="provenance chain of an output: table ← metrics ← recon ← … ← raw files")
     s.add_argument("paths", nargs="+", help="tables, figures, reconstructions … with a provenance record "

@@ -39,6 +39,8 @@ TRAINERS: dict[str, str] = {
 
 RECONSTRUCTORS: dict[str, str] = {
     "zero_filled": "ldpm.reconstruct:zero_filled",
+    "cs_tv": "ldpm.baselines.cs:cs_tv",  # classical compressed sensing (beyond the paper; ldpm.baselines.cs)
+    "cs_wavelet": "ldpm.baselines.cs:cs_wavelet",
     "unet": "ldpm.baselines.unet:reconstructor",
     "varnet": "ldpm.baselines.varnet:reconstructor",
     "swinmr": "ldpm.baselines.swinmr:reconstructor",

@@ -22,3 +22,40 @@ READS["swinmr"] = files_under(config["swinmr"]["vgg_weights"])
 RECON["swinmr"] = {"weights": {"model": model_file("swinmr")}, "hp": config["swinmr"]}
 TRAIN["score_mri"] = {"inputs": TRAIN_DATA, "hp": without(config["score_mri"], "n_steps", "n_corrector", "snr")}
 RECON["score_mri"] = {"weights": {"model": model_file("score_mri")}, "hp": config["score_mri"]}
+
+# Classical compressed sensing (ldpm.baselines.cs): nothing to train; λ is chosen per protocol on the validation
+# split (rule cs_tune), once for every training seed (the solvers are deterministic).
+CS = config["cs"]
+if CS["backend"] == "bart" and {"cs_tv", "cs_wavelet"} & set(config["methods"]) and not shutil.which("bart"):
+    sys.exit("ldpm: error: config key cs.backend: bart needs the `bart` command on PATH (Debian package bart); "
+             "install it or set cs.backend: sigpy")
+CS_TUNED = f"{RESULTS}/cs/{{method}}_{{mask}}_af{{af}}.json"
+for method in ("cs_tv", "cs_wavelet"):
+    RECON[method] = {"weights": {"tuned": CS_TUNED.replace("{method}", method)}, "hp": without(CS, "lam", "val_slices")}
+
+
+rule cs_tune:
+    input:
+        h5=f"{RESULTS}/data/val.h5",
+        csv=f"{RESULTS}/data/val.csv",
+    output:
+        json=CS_TUNED,
+        csv=f"{RESULTS}/cs/{{method}}_{{mask}}_af{{af}}.csv",
+    log:
+        f"{RESULTS}/logs/cs_tune_{{method}}_{{mask}}_af{{af}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cs_tune_{{method}}_{{mask}}_af{{af}}.tsv"
+    wildcard_constraints:
+        method="cs_tv|cs_wavelet",
+    params:
+        hp=lambda w: as_json(CS | {"lam": {w.method: CS["lam"][w.method]}}),  # its own grid: one edit reruns one
+        cf=lambda w: config["masks"]["center_fractions"][int(w.af)],
+        seed=SEED,
+        normalise=config["data"]["normalise"],
+    conda:
+        LDPM_ENV
+    shell:
+        stage("ldpm.baselines.cs") + "tune-cs {wildcards.method} --val-h5 {input.h5} --val-csv {input.csv} "
+        "--hp {params.hp} --mask-type {wildcards.mask} --acceleration {wildcards.af} --center-fraction {params.cf} "
+        "--seed {params.seed} --normalise {params.normalise} --out-json {output.json} --out-csv {output.csv} "
+        "> {log} 2>&1"

@@ -3,6 +3,7 @@ import json
 import re
 import sys
 import shlex
+import shutil
 from pathlib import Path
 
 from ldpm import LdpmError

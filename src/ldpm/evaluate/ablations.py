@@ -91,8 +91,9 @@ def figure3(test_h5: str | Path, test_csv: str | Path, weights: dict[str, str], 
     write_table(metrics, out_csv)
 
     picks = pick_examples(test_csv, n_examples, split_filter)
-    fig, axes = plt.subplots(len(picks), 1 + 2 * len(vaes), figsize=(2.0 * (1 + 2 * len(vaes)), 2.3 * len(picks)),
-                             squeeze=False)
+    # constrained layout keeps each row's two-line titles clear of the row above
+    fig, axes = plt.subplots(len(picks), 1 + 2 * len(vaes), figsize=(2.0 * (1 + 2 * len(vaes)), 2.5 * len(picks) + 0.4),
+                             squeeze=False, layout="constrained")
     for row, idx in enumerate(picks):
         gt = gt_all[idx]
         vmax = float(gt_all[meta.index[meta.volume == meta.volume[idx]]].max())
@@ -109,7 +110,6 @@ def figure3(test_h5: str | Path, test_csv: str | Path, weights: dict[str, str], 
     fig.suptitle(f"VAE reconstructions D(E(x)) over {len(rows)} test slices ({metrics.volumes[0]} volumes): "
                  f"{summary}\nerror maps |recon − GT| (0–{error_scale:.0%} of the volume max); rFID not computed",
                  fontsize=7)
-    fig.tight_layout()
     with atomic_output(out_png) as tmp:
         fig.savefig(tmp, dpi=130, format=Path(out_png).suffix.lstrip(".") or "png")
     plt.close(fig)

@@ -1,5 +1,6 @@
-"""Figures a person looks at: Fig 2 (example reconstructions, zero-filled input, error maps, zoomed patches) and
-one training-curve figure per training stage."""
+"""Figures a person looks at: Fig 2 (example reconstructions, zero-filled input, error maps, zoomed patches), the
+report's headline forest plot of each method's difference to LDPM, and one training-curve figure per training
+stage."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def pick_examples(test_csv: str | Path, n: int, split_filter: dict) -> list[int]
     return [int(rows.index[len(rows) // 2]) for _, rows in meta[meta.volume.isin(volumes)].groupby("volume")]
 
 
+TITLE_CHARS = 24  # characters of a Fig 2 panel title per line (2 inch panels, 7 pt)
+
+
 def _show(ax, image: np.ndarray, vmax: float, box: tuple[int, int, int], title: str, cmap: str = "gray") -> None:
     """An image with a yellow box and, as an inset in the lower right corner, the box zoomed."""
     y0, x0, size = box
@@ -37,7 +41,7 @@ def _show(ax, image: np.ndarray, vmax: float, box: tuple[int, int, int], title: 
     for spine in inset.spines.values():
         spine.set_edgecolor("yellow")
     ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), size, size, fill=False, ec="yellow", lw=0.8))
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=7)
     ax.set_xticks([]), ax.set_yticks([])
 
 
@@ -56,7 +60,11 @@ def figure2(test_h5: str | Path, test_csv: str | Path, recons: dict[str, str | P
             raise LdpmError(f"reconstruction of {name}: shape {arr.shape} != test set {gt_all.shape}; rerun it")
     picks = pick_examples(test_csv, n_examples, split_filter)
     n_cols = 1 + len(recon_all)
-    fig, axes = plt.subplots(2 * len(picks), n_cols, figsize=(2.0 * n_cols, 4.2 * len(picks)), squeeze=False)
+    # Long labels ("LDPM, mean of K samples (beyond paper)") wrap to the panel width instead of running into the
+    # neighbouring titles; each extra title line gets its own height so rows do not overlap either.
+    label_lines = max([len(textwrap.wrap(f"A1 {METHOD_LABELS.get(m, m)}", TITLE_CHARS)) for m in recon_all] + [1])
+    fig, axes = plt.subplots(2 * len(picks), n_cols, figsize=(2.0 * n_cols, (4.0 + 0.3 * label_lines) * len(picks)),
+                             squeeze=False, layout="constrained")
     titles, sources = [], []
     for row, idx in enumerate(picks):
         letter = chr(ord("A") + row)
@@ -73,20 +81,76 @@ def figure2(test_h5: str | Path, test_csv: str | Path, recons: dict[str, str | P
         _show(bottom[0], zf_all[idx], vmax, box, bottom_titles[0])
         for col, (name, recon) in enumerate(recon_all.items(), start=1):
             label = METHOD_LABELS.get(name, name)
-            top_titles.append(f"{letter}{col + 1} {label}\n{protocol.psnr(gt, recon[idx], vmax):.2f} dB")
+            top_titles.append(textwrap.fill(f"{letter}{col + 1} {label}", TITLE_CHARS)
+                              + f"\n{protocol.psnr(gt, recon[idx], vmax):.2f} dB")
             _show(top[col], recon[idx], vmax, box, top_titles[-1])
-            bottom_titles.append(f"error {label}")
+            bottom_titles.append(textwrap.fill(f"error {label}", TITLE_CHARS))
             _show(bottom[col], np.abs(recon[idx] - gt), error_scale * vmax, box, bottom_titles[-1], cmap="inferno")
         titles += [top_titles, bottom_titles]
     width = 28 * n_cols  # characters that fit across the figure at this font size
     fig.suptitle(textwrap.fill(f"GT and reconstructions (slice PSNR); below: zero-filled input and error maps "
                                f"|recon − GT| (0–{error_scale:.0%} of the volume max)", width), fontsize=7)
-    fig.text(0.5, 0.005, textwrap.fill("; ".join(sources), width), ha="center", va="bottom", fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.supxlabel(textwrap.fill("; ".join(sources), width), fontsize=6)
     with atomic_output(out) as tmp:
         fig.savefig(tmp, dpi=130, format=Path(out).suffix.lstrip(".") or "png")
     plt.close(fig)
     return titles
+
+
+FOREST_METRICS = {"psnr": "PSNR (dB)", "ssim": "SSIM"}  # the headline's panels: the paper's two metrics
+
+
+def forest_plot(stats_csv: str | Path, out_png: str | Path, *, protocol_label: str = "",
+                confidence: float | None = None) -> list[str]:
+    """The report's headline, from one protocol's statistics table (ldpm.evaluate.stats): per method, the paired
+    difference LDPM − method (mean over test subjects, `mean_diff_vs_ref`, > 0: LDPM better for PSNR and SSIM)
+    with its bootstrap CI over subjects, one panel per metric, one line per method in the table's order (any number
+    of methods). Filled marker: Holm-adjusted p < 0.05 (within the row's Holm family); open: not significant; a
+    row without a test (LDPM not run, identical results) says so instead of a marker. Returns the method labels,
+    top to bottom."""
+    from matplotlib.lines import Line2D
+
+    stats = read_table(stats_csv)
+    reference = set(stats.loc[stats.note == "reference", "method"])
+    methods = [m for m in dict.fromkeys(stats["method"]) if m not in reference]
+    labels = [textwrap.fill(METHOD_LABELS.get(m, m), 24) for m in methods]
+    metrics = [k for k in FOREST_METRICS if k in set(stats["metric"])]
+    if not methods or not metrics:
+        raise LdpmError(f"{stats_csv}: no method compared with LDPM on PSNR or SSIM; rerun the stats rule")
+    rows = stats.set_index(["method", "metric"])
+    y = np.arange(len(methods))[::-1]  # first method on top
+    height = 1.4 + 0.45 * len(methods)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(10, height), sharey=True, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        ax.axvline(0, color="0.5", lw=0.8)
+        for yi, method in zip(y, methods):
+            row = rows.loc[(method, metric)]
+            diff = row["mean_diff_vs_ref"]
+            if np.isnan(diff):
+                note = row["note"] if isinstance(row["note"], str) else "no test"
+                ax.text(0, yi, f"  {note}", va="center", fontsize=7, color="0.4")
+                continue
+            significant = row["p_holm"] < 0.05  # NaN (no test) compares False: open marker
+            err = [[max(diff - row["diff_ci_low"], 0)], [max(row["diff_ci_high"] - diff, 0)]]
+            ax.errorbar(diff, yi, xerr=err, fmt="o", color="k", mfc="k" if significant else "white", ms=6,
+                        capsize=3, lw=1.2)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_ylim(-0.7, len(methods) - 0.3)
+        ax.set_xlabel(f"{FOREST_METRICS[metric]}: LDPM − method  (> 0: LDPM better)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", color="0.9")
+    n = int(stats["n_subjects"].max() if stats["n_subjects"].notna().any() else stats["subjects"].max())
+    level = f"{confidence:.0%} " if confidence else ""
+    fig.suptitle(f"Difference to LDPM (Ours){', ' + protocol_label if protocol_label else ''}: mean over {n} test "
+                 f"subjects with {level}bootstrap CI", fontsize=9)
+    legend = [Line2D([], [], marker="o", color="k", mfc="k", ls="none", label="Holm-adjusted p < 0.05"),
+              Line2D([], [], marker="o", color="k", mfc="white", ls="none", label="Holm-adjusted p ≥ 0.05")]
+    fig.legend(handles=legend, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.3 / height, 1, 1))  # room for the legend below the panels
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(out_png).suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return labels
 
 
 def training_curves(curve_csv: str | Path, out_png: str | Path, title: str) -> dict[str, list[str]]:

@@ -10,15 +10,23 @@ Per method and metric, over the test subjects of the main split:
 - a paired sign-flip permutation test by subject of LDPM (method "ldpm") against each other method, with the mean
   and median of the per-subject differences and a bootstrap CI of their mean (same resampling). The p-value is
   exact (all 2^n sign flips) up to 16 subjects, Monte-Carlo above. Holm's correction runs over the paper's
-  comparison (Table I's methods × all metrics); the variants beyond the paper (`BEYOND_PAPER`) form a family of
-  their own, so adding them does not weaken the paper's comparison. Without LDPM metrics the tests are skipped
-  and the table says so; nothing is filled in.
+  comparison (Table I's methods × all metrics); the rows beyond the paper (`BEYOND_PAPER`: LDPM variants and the
+  classical CS references) form a family of their own, so adding them does not weaken the paper's comparison.
+  Without LDPM metrics the tests are skipped and the table says so; nothing is filled in.
+- what each comparison could show at this size: `p_min`, the smallest p the test can give with its n subjects
+  (2/2^n exact; 1/(draws+1), the Monte-Carlo resolution, above 16), and `mdd`, the minimum detectable difference
+  (z_{1-α/2} + z_{power}) × SE with α = 0.05 two-sided, 80 % power (2.80 × SE) and SE the bootstrap standard error
+  of the mean paired difference (the sd of the same bootstrap means its CI comes from): a true difference smaller
+  than mdd is more likely missed than found even by a test without a p floor (normal approximation; the bootstrap
+  SE of n values is the plug-in sd·sqrt((n-1)/n)/sqrt(n), a little small for few subjects). Where p_min ≥ α the
+  sign-flip test detects no difference at all.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -32,20 +40,34 @@ METRICS = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "hfen": "HFEN", "kspa
 REFERENCE = "ldpm"
 EXACT_MAX_SUBJECTS = 16  # 2^16 sign patterns enumerate in well under a second
 N_DRAWS = 100_000  # Monte-Carlo sign flips above EXACT_MAX_SUBJECTS
-# Rows beyond the paper (ldpm.method.reconstruct): tested against LDPM in a Holm family of their own
-BEYOND_PAPER = ("ldpm_final_dc", "ldpm_mean_k")
+# Rows beyond the paper (LDPM variants of ldpm.method.reconstruct, classical CS references): tested against LDPM in a
+# Holm family of their own
+BEYOND_PAPER = ("ldpm_final_dc", "ldpm_mean_k", "cs_tv", "cs_wavelet")
+ALPHA, POWER = 0.05, 0.8  # what `mdd` is the minimum detectable difference for (two-sided)
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """`n_boot` means of per-subject values, subjects drawn with replacement (empty for no values)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return np.empty(0)
+    return values[np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))].mean(1)
 
 
 def bootstrap_mean(values: np.ndarray, n_boot: int = 2000, confidence: float = 0.95,
                    seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high) of per-subject values: percentile bootstrap, subjects drawn with replacement."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
+    means = bootstrap_means(values, n_boot, seed)
+    if len(means) == 0:
         return np.nan, np.nan, np.nan
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
     alpha = (1 - confidence) / 2
-    low, high = np.quantile(values[draws].mean(1), [alpha, 1 - alpha])
-    return float(values.mean()), float(low), float(high)
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(np.mean(values)), float(low), float(high)
+
+
+def mdd_factor(alpha: float = ALPHA, power: float = POWER) -> float:
+    """z_{1-α/2} + z_{power}: the minimum detectable difference in standard errors (2.80 at 0.05 and 80 %)."""
+    return NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
 
 
 def bootstrap_ci(frame: pd.DataFrame, metric: str, n_boot: int = 2000, confidence: float = 0.95,
@@ -89,23 +111,29 @@ def paired_test(frame: pd.DataFrame, metric: str, reference: str, other: str, n_
                 seed: int = 0, n_boot: int = 2000, confidence: float = 0.95) -> dict:
     """Sign-flip test by subject of (reference − other): over the volumes both methods reconstructed, each method's
     metric is averaged per subject first, because volumes of one subject are not independent pairs. Also the mean
-    difference's bootstrap CI over the same subjects (`bootstrap_mean`)."""
+    difference's bootstrap CI over the same subjects (`bootstrap_mean`), the smallest p the test can give with
+    these subjects (`min_p`) and the minimum detectable difference (`mdd_factor` × the sd of the same bootstrap
+    means)."""
     wide = frame.pivot_table(index=["patient_id", "volume"], columns="method", values=metric)
     wide = wide.reindex(columns=[reference, other]).dropna()
     per_subject = wide.groupby(level="patient_id").mean()
     diff = (per_subject[reference] - per_subject[other]).to_numpy()
     mean, low, high = bootstrap_mean(diff, n_boot, confidence, seed)
     out = {"n_subjects": len(diff), "mean_diff": mean, "diff_ci_low": low, "diff_ci_high": high,
-           "median_diff": float(np.median(diff)) if len(diff) else np.nan, "p": np.nan, "note": ""}
+           "median_diff": float(np.median(diff)) if len(diff) else np.nan, "p": np.nan, "p_min": np.nan,
+           "mdd": np.nan, "note": ""}
     if len(diff) < 2 or not np.any(diff):
         out["note"] = "no test: fewer than 2 paired subjects" if len(diff) < 2 else "no test: identical results"
         return out
+    out["p_min"] = min_p(len(diff), n_draws)
+    out["mdd"] = mdd_factor() * float(np.std(bootstrap_means(diff, n_boot, seed), ddof=1))
     out["p"] = sign_flip_p(diff, n_draws, seed)
     return out
 
 
 def min_p(n_subjects: int, n_draws: int = N_DRAWS) -> float:
-    """The smallest two-sided p-value the sign-flip test can give with n subjects."""
+    """The smallest two-sided p-value the sign-flip test can give with n subjects: 2/2^n exact (all-plus and
+    all-minus), 1/(n_draws + 1) above EXACT_MAX_SUBJECTS (the Monte-Carlo resolution)."""
     return 2 / 2 ** n_subjects if n_subjects <= EXACT_MAX_SUBJECTS else 1 / (n_draws + 1)
 
 
@@ -143,11 +171,13 @@ def stats_table(volumes: pd.DataFrame, methods: list[str], split_filter: dict, a
                 row.update(n_subjects=t["n_subjects"], mean_diff_vs_ref=t["mean_diff"],
                            diff_ci_low=t["diff_ci_low"], diff_ci_high=t["diff_ci_high"],
                            median_diff_vs_ref=t["median_diff"], p=t["p"], p_holm=adjusted[(method, metric)],
+                           p_min=t["p_min"], mdd=t["mdd"],
                            holm_family="beyond paper" if method in BEYOND_PAPER else "paper", note=t["note"])
             rows.append(row)
     table = pd.DataFrame(rows, columns=["method", "metric", "mean", "ci_low", "ci_high", "volumes", "subjects",
                                         "n_subjects", "mean_diff_vs_ref", "diff_ci_low", "diff_ci_high",
-                                        "median_diff_vs_ref", "p", "p_holm", "holm_family", "note"])
+                                        "median_diff_vs_ref", "p", "p_holm", "p_min", "mdd", "holm_family",
+                                        "note"])
     stem = Path(stem)
     write_table(table, stem.with_suffix(".csv"))
     with atomic_output(stem.with_suffix(".md")) as tmp:
@@ -188,19 +218,27 @@ def markdown(table: pd.DataFrame, order: list[str], metrics: list[str], protocol
         tests["mean diff CI"] = [f"[{lo:.4g}, {hi:.4g}]" if pd.notna(lo) else None
                                  for lo, hi in zip(tests.diff_ci_low, tests.diff_ci_high)]
         tests = tests[["Method", "Metric", "n_subjects", "mean_diff_vs_ref", "mean diff CI", "median_diff_vs_ref", "p",
-                       "p_holm", "note"]]
+                       "p_holm", "p_min", "mdd", "note"]]
+        floor = min_p(n)
+        exact = n <= EXACT_MAX_SUBJECTS
+        resolution = "2/2^n, exact test" if exact else "1/(draws + 1), the Monte-Carlo resolution"
+        if n >= 2:  # above the table: what these comparisons could show at all
+            text += [f"With {n} subjects the smallest two-sided p this test can give is {floor:.4g}"
+                     + (", so it cannot reach p < 0.05 however large the difference, and p ≥ 0.05 does not mean "
+                        "the methods are alike" if floor >= ALPHA else "")
+                     + f" (column p_min: {resolution}). Column mdd: the minimum detectable difference, "
+                       f"{mdd_factor():.2f} × the bootstrap standard error of the mean difference "
+                       f"((z_{1 - ALPHA / 2:g} + z_{POWER:g}) × SE: {POWER:.0%} power at α = {ALPHA:g} two-sided, "
+                       f"normal approximation); a true difference smaller than mdd is more likely missed than found"
+                     + (f", and with this p_min the test finds no difference of any size at α = {ALPHA:g}."
+                        if floor >= ALPHA else "."), ""]
         text += [f"Paired sign-flip permutation tests by subject, {label[reference]} vs each method (metric averaged "
                  f"over each subject's volumes first; difference = {label[reference]} − method, its mean with a "
                  f"{confidence:.0%} bootstrap CI over subjects; two-sided p, "
-                 f"{'exact' if n <= EXACT_MAX_SUBJECTS else f'{N_DRAWS} Monte-Carlo flips'}; {family})", "",
+                 f"{'exact' if exact else f'{N_DRAWS} Monte-Carlo flips'}; {family})", "",
                  tests.to_markdown(index=False, floatfmt=".4g", missingval="n/a")]
         if n >= 2:
-            floor = min_p(n)
-            text += ["", f"With {n} subjects the smallest two-sided p this test can give is {floor:.4g}"
-                     + (", so it cannot reach p < 0.05 however large the difference, and p ≥ 0.05 does not mean "
-                        "the methods are alike." if floor >= 0.05 else ".")
-                     + f" After Holm over {paper_tests} tests the smallest adjusted p is "
-                       f"{min(1.0, paper_tests * floor):.4g}."
-                     + f" The test asks whether the difference is consistent across these {n} subjects; it says "
-                       f"nothing about the population of subjects they came from."]
+            text += ["", f"After Holm over {paper_tests} tests the smallest adjusted p is "
+                         f"{min(1.0, paper_tests * floor):.4g}. The test asks whether the difference is consistent "
+                         f"across these {n} subjects; it says nothing about the population of subjects they came from."]
     return "\n".join(text) + "\n"

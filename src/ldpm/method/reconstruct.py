@@ -20,7 +20,6 @@ them when the rules pass that file as weights["sampler_tuned"].
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from ldpm.models.latent import encode
 from ldpm.models.swinir import sketcher
 from ldpm.physics import data_consistency
 from ldpm.sampling.dual_stage import dual_stage_sample
+from ldpm.tuning import chosen
 
 log = logging.getLogger("ldpm.method")
 
@@ -43,7 +43,7 @@ def sampler_settings(weights: dict[str, Path], hp: dict) -> dict:
     """ldpm.sampler, overlaid with the validation-chosen values when a tuning file is among the weights."""
     settings = dict(hp["sampler"])
     if "sampler_tuned" in weights:
-        settings |= json.loads(Path(weights["sampler_tuned"]).read_text())["chosen"]
+        settings |= chosen(weights["sampler_tuned"])
     return settings
 
 

@@ -1,86 +1,28 @@
 """Sampler settings the paper leaves open at a given scale, chosen on the VALIDATION split (never on test).
 
 The paper fixes g = 0.1, p = 200 and eq. 12 for SD-2-1-base at 320²; a tiny latent model at 64² need not share
-them. `tune_sampler` runs LDPM (the full model, with its trained weights) on `val_slices` evenly spaced validation
-slices, each with a mask seeded by (seed, "val", AF, slice id) from the test-mask recipe, for every combination of
-the configured grid, and keeps the combination with the highest mean PSNR of the output as the reconstruct stage
-leaves it: the measurement scaled by data.normalise and the output clipped by `ldpm.physics.clip_output`
-(`ldpm.evaluate.protocol.psnr`, data range = the slice's volume maximum, as in the fastMRI protocol; ties go to the
-first in grid order). Every combination starts from the same
-seed, so the rows differ only by their settings. Outputs: a JSON with the chosen values (read by the LDPM
-reconstructors) and a CSV with every row, so a reader sees how flat or sharp the choice was.
+them. `tune_sampler` runs LDPM (the full model, with its trained weights) for every combination of ldpm.tuning.grid
+on ldpm.tuning.val_slices validation slices, the same way every tuned method is tuned (`ldpm.tuning.grid_search`:
+masks, objective, outputs).
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import logging
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-
-from ldpm.data.masks import sample_mask
-from ldpm.evaluate import protocol
-from ldpm.io import atomic_output, read_images, read_table, stable_seed, write_table
 from ldpm.method.reconstruct import build_ldpm, sampler_settings
-from ldpm.physics import clip_output, scaled_method, undersample
 from ldpm.train import resolve_device
-
-log = logging.getLogger("ldpm.method")
-
-
-def validation_batch(val_h5: str | Path, val_csv: str | Path, n_slices: int, acceleration: int,
-                     center_fraction: float, seed: int, mask_type: str = "random",
-                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """(x (N,1,H,W), masks (N,1,1,W), volume maxima (N,)) of `n_slices` evenly spaced validation slices."""
-    images, meta = read_images(val_h5), read_table(val_csv)
-    pick = np.unique(np.linspace(0, len(images) - 1, min(n_slices, len(images))).round().astype(int))
-    vmax = meta.assign(m=images.reshape(len(images), -1).max(1)).groupby("volume")["m"].transform("max").to_numpy()
-    width = images.shape[-1]
-    masks = np.stack([sample_mask(width, acceleration, center_fraction,
-                                  stable_seed(seed, "val", acceleration, meta.slice_id[i]), mask_type)
-                      for i in pick])
-    return (torch.from_numpy(images[pick])[:, None], torch.from_numpy(masks).float()[:, None, None, :],
-            vmax[pick])
+from ldpm.tuning import grid_search
 
 
 def tune_sampler(val_h5: str | Path, val_csv: str | Path, weights: dict[str, str], hp: dict, acceleration: int,
                  center_fraction: float, seed: int, out_json: str | Path, out_csv: str | Path,
                  device: str = "auto", batch_size: int = 16, mask_type: str = "random",
                  normalise: str = "gt_max") -> dict:
-    grid = hp["tuning"]["grid"]
-    if not grid:
-        raise ValueError("ldpm.tuning.grid is empty: nothing to tune")
     dev = resolve_device(device)
     weights = {k: Path(v) for k, v in weights.items() if k != "sampler_tuned"}
-    x, masks, vmax = validation_batch(val_h5, val_csv, hp["tuning"]["val_slices"], acceleration, center_fraction,
-                                      seed, mask_type)
     base = sampler_settings(weights, hp)
-    keys = sorted(grid)
-    rows = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        settings = base | dict(zip(keys, values))
-        torch.manual_seed(seed)
-        run = scaled_method(build_ldpm(weights, hp, dev, sampler=settings), normalise)
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                xb, mb = x[start:start + batch_size].to(dev), masks[start:start + batch_size].to(dev)
-                k_u, x_u = undersample(xb, mb)
-                out.append(clip_output(run(x_u, k_u, mb).float())[:, 0].cpu().numpy())
-        psnr = np.array([protocol.psnr(g, p, m) for g, p, m in zip(x[:, 0].numpy(), np.concatenate(out), vmax)])
-        rows.append(dict(zip(keys, values)) | {"psnr": float(psnr.mean()), "psnr_sd": float(psnr.std())})
-        log.info("validation %s: PSNR %.3f dB over %d slices", dict(zip(keys, values)), rows[-1]["psnr"], len(x))
-    table = pd.DataFrame(rows)
-    best = table.loc[table["psnr"].idxmax()]
-    chosen = {k: (best[k].item() if hasattr(best[k], "item") else best[k]) for k in keys}
-    log.info("chosen on validation (AF %d): %s, PSNR %.3f dB", acceleration, chosen, best["psnr"])
-    write_table(table.assign(chosen=table.index == best.name), out_csv)
-    record = {"chosen": chosen, "objective": "mean PSNR over validation slices", "acceleration": acceleration,
-              "val_slices": len(x), "fixed": {k: v for k, v in base.items() if k not in chosen}}
-    with atomic_output(out_json) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    return record
+    return grid_search(lambda settings: build_ldpm(weights, hp, dev, sampler=base | settings), hp["tuning"]["grid"],
+                       val_h5, val_csv, hp["tuning"]["val_slices"], acceleration, center_fraction, seed, out_json,
+                       out_csv, device=dev, fixed={k: v for k, v in base.items() if k not in hp["tuning"]["grid"]},
+                       batch_size=batch_size, mask_type=mask_type, normalise=normalise, what="ldpm.tuning.grid")

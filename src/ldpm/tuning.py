@@ -1,0 +1,88 @@
+"""Settings a method leaves open at a given scale, chosen on the VALIDATION split (never on test), one way for every
+method: LDPM's sampler (`ldpm.method.tuning`) and the λ of the compressed-sensing rows (`ldpm.baselines.cs`).
+
+`grid_search` runs the method on `n_slices` evenly spaced validation slices, each with a mask seeded by (seed,
+"val", AF, slice id) from the test-mask recipe, for every combination of the grid, and keeps the combination with
+the highest mean PSNR of the output as the reconstruct stage leaves it: the measurement scaled by data.normalise and
+the output clipped by `ldpm.physics.clip_output` (`ldpm.evaluate.protocol.psnr`, data range = the slice's volume
+maximum, as in the fastMRI protocol; ties go to the first in grid order). Every combination starts from the same
+seed, so the rows differ only by their settings. Outputs: a JSON with the chosen values (read by the method's
+reconstructor) and a CSV with every row, so a reader sees how flat or sharp the choice was.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ldpm.data.masks import sample_mask
+from ldpm.evaluate import protocol
+from ldpm.io import atomic_output, read_images, read_table, stable_seed, write_table
+from ldpm.physics import clip_output, scaled_method, undersample
+
+log = logging.getLogger("ldpm.tuning")
+
+
+def validation_batch(val_h5: str | Path, val_csv: str | Path, n_slices: int, acceleration: int,
+                     center_fraction: float, seed: int, mask_type: str = "random",
+                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(x (N,1,H,W), masks (N,1,1,W), volume maxima (N,)) of `n_slices` evenly spaced validation slices."""
+    images, meta = read_images(val_h5), read_table(val_csv)
+    pick = np.unique(np.linspace(0, len(images) - 1, min(n_slices, len(images))).round().astype(int))
+    vmax = meta.assign(m=images.reshape(len(images), -1).max(1)).groupby("volume")["m"].transform("max").to_numpy()
+    width = images.shape[-1]
+    masks = np.stack([sample_mask(width, acceleration, center_fraction,
+                                  stable_seed(seed, "val", acceleration, meta.slice_id[i]), mask_type)
+                      for i in pick])
+    return (torch.from_numpy(images[pick])[:, None], torch.from_numpy(masks).float()[:, None, None, :],
+            vmax[pick])
+
+
+def grid_search(build: Callable[[dict], Callable], grid: dict[str, list], val_h5: str | Path, val_csv: str | Path,
+                n_slices: int, acceleration: int, center_fraction: float, seed: int, out_json: str | Path,
+                out_csv: str | Path, *, device: torch.device, fixed: dict | None = None, batch_size: int = 16,
+                mask_type: str = "random", normalise: str = "gt_max", what: str = "settings") -> dict:
+    """Score `build(settings)` (a reconstructor, `ldpm.stages` contract) for every combination of `grid` on the
+    validation slices; write the choice (`out_json`, with `fixed`: the settings not tuned) and every row
+    (`out_csv`). Returns the JSON record."""
+    if not grid or not all(grid.values()):
+        raise ValueError(f"the tuning grid of {what} is empty: nothing to choose")
+    x, masks, vmax = validation_batch(val_h5, val_csv, n_slices, acceleration, center_fraction, seed, mask_type)
+    keys = sorted(grid)
+    rows = []
+    for values in tqdm(list(itertools.product(*(grid[k] for k in keys))), desc=f"tune {what}", disable=None):
+        settings = dict(zip(keys, values))
+        torch.manual_seed(seed)
+        run = scaled_method(build(settings), normalise)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                xb, mb = x[start:start + batch_size].to(device), masks[start:start + batch_size].to(device)
+                k_u, x_u = undersample(xb, mb)
+                out.append(clip_output(run(x_u, k_u, mb).float())[:, 0].cpu().numpy())
+        psnr = np.array([protocol.psnr(g, p, m) for g, p, m in zip(x[:, 0].numpy(), np.concatenate(out), vmax)])
+        rows.append(settings | {"psnr": float(psnr.mean()), "psnr_sd": float(psnr.std())})
+        log.info("validation %s: PSNR %.3f dB over %d slices", settings, rows[-1]["psnr"], len(x))
+    table = pd.DataFrame(rows)
+    best = table.loc[table["psnr"].idxmax()]
+    chosen = {k: (best[k].item() if hasattr(best[k], "item") else best[k]) for k in keys}
+    log.info("chosen on validation (AF %d): %s, PSNR %.3f dB", acceleration, chosen, best["psnr"])
+    write_table(table.assign(chosen=table.index == best.name), out_csv)
+    record = {"chosen": chosen, "objective": "mean PSNR over validation slices", "acceleration": acceleration,
+              "val_slices": len(x), "fixed": fixed or {}}
+    with atomic_output(out_json) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    return record
+
+
+def chosen(tuned_json: str | Path) -> dict:
+    """The settings a `grid_search` chose."""
+    return json.loads(Path(tuned_json).read_text())["chosen"]
