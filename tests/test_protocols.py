@@ -111,8 +111,10 @@ BASELINE_HP = {"zero_filled": {}, "unet": {"chans": 4, "num_pool_layers": 2},
                "varnet": {"num_cascades": 1, "chans": 4, "pools": 2, "sens_chans": 4, "sens_pools": 2},
                "swinmr": {"embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 8, "mlp_ratio": 2.0},
                "score_mri": {"n_steps": 2, "snr": 0.16}}
-# a magnitude by construction (|x_u|, |DC(·)|): nothing negative for the policy to remove
-MAGNITUDE_OUTPUTS = {"zero_filled", "ldpm_final_dc"}
+# the CS rows: no network to overshoot; a few solver iterations on the measurement, λ from a tuning file
+CS_HP = {"backend": "sigpy", "iterations": 5}
+# a magnitude by construction (|x_u|, |DC(·)|, |x̂| of CS): nothing negative for the policy to remove
+MAGNITUDE_OUTPUTS = {"zero_filled", "ldpm_final_dc", "cs_tv", "cs_wavelet"}
 
 
 def test_every_registered_method_is_clipped_by_the_one_policy_only(tmp_path, monkeypatch):
@@ -129,6 +131,9 @@ def test_every_registered_method_is_clipped_by_the_one_policy_only(tmp_path, mon
     for method in sorted(RECONSTRUCTORS):
         hp = BASELINE_HP.get(method, ldpm_hp())
         weights = {"model": str(tmp_path / "unused.safetensors")} if method in BASELINE_HP and hp else {}
+        if method.startswith("cs_"):
+            hp, weights = CS_HP, {"tuned": str(tmp_path / "tuned.json")}
+            (tmp_path / "tuned.json").write_text('{"chosen": {"lam": 0.001}}')
         seen.clear()
         recon_stage.reconstruct(method, tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "masks.npz",
                                 tmp_path / f"{method}.h5", weights=weights, hp=hp, device="cpu")
