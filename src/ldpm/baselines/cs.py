@@ -33,7 +33,6 @@ import sigpy as sp
 import torch
 
 from ldpm import LdpmError
-from ldpm.train import resolve_device
 from ldpm.tuning import chosen, grid_search
 
 PRIORS = {"cs_tv": "tv", "cs_wavelet": "wavelet"}  # method -> prior
@@ -150,5 +149,5 @@ def tune_cs(method: str, val_h5: str | Path, val_csv: str | Path, hp: dict, acce
     """Choose λ of `method` among hp["lam"][method] on hp["val_slices"] validation slices (`ldpm.tuning`)."""
     return grid_search(lambda settings: reconstructor_for(method, settings["lam"], hp), {"lam": hp["lam"][method]},
                        val_h5, val_csv, hp["val_slices"], acceleration, center_fraction, seed, out_json, out_csv,
-                       device=resolve_device("cpu"), fixed={"backend": hp["backend"], "iterations": hp["iterations"]},
+                       device=torch.device("cpu"), fixed={"backend": hp["backend"], "iterations": hp["iterations"]},
                        mask_type=mask_type, normalise=normalise, what=f"cs.lam.{method}")

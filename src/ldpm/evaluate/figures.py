@@ -110,6 +110,8 @@ def forest_plot(stats_csv: str | Path, out_png: str | Path, *, protocol_label: s
     top to bottom."""
     from matplotlib.lines import Line2D
 
+    from ldpm.evaluate.stats import ALPHA
+
     stats = read_table(stats_csv)
     reference = set(stats.loc[stats.note == "reference", "method"])
     methods = [m for m in dict.fromkeys(stats["method"]) if m not in reference]
@@ -130,7 +132,7 @@ def forest_plot(stats_csv: str | Path, out_png: str | Path, *, protocol_label: s
                 note = row["note"] if isinstance(row["note"], str) else "no test"
                 ax.text(0, yi, f"  {note}", va="center", fontsize=7, color="0.4")
                 continue
-            significant = row["p_holm"] < 0.05  # NaN (no test) compares False: open marker
+            significant = row["p_holm"] < ALPHA  # NaN (no test) compares False: open marker
             err = [[max(diff - row["diff_ci_low"], 0)], [max(row["diff_ci_high"] - diff, 0)]]
             ax.errorbar(diff, yi, xerr=err, fmt="o", color="k", mfc="k" if significant else "white", ms=6,
                         capsize=3, lw=1.2)
@@ -143,8 +145,8 @@ def forest_plot(stats_csv: str | Path, out_png: str | Path, *, protocol_label: s
     level = f"{confidence:.0%} " if confidence else ""
     fig.suptitle(f"Difference to LDPM (Ours){', ' + protocol_label if protocol_label else ''}: mean over {n} test "
                  f"subjects with {level}bootstrap CI", fontsize=9)
-    legend = [Line2D([], [], marker="o", color="k", mfc="k", ls="none", label="Holm-adjusted p < 0.05"),
-              Line2D([], [], marker="o", color="k", mfc="white", ls="none", label="Holm-adjusted p ≥ 0.05")]
+    legend = [Line2D([], [], marker="o", color="k", mfc="k", ls="none", label=f"Holm-adjusted p < {ALPHA:g}"),
+              Line2D([], [], marker="o", color="k", mfc="white", ls="none", label=f"Holm-adjusted p ≥ {ALPHA:g}")]
     fig.legend(handles=legend, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.3 / height, 1, 1))  # room for the legend below the panels
     with atomic_output(out_png) as tmp:

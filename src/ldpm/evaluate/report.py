@@ -236,16 +236,16 @@ def protocol_of(path: str | Path) -> str:
 def significance_note(stats_csv: str | Path) -> str:
     """How many comparisons Holm's correction leaves significant, and whether any could be with this many
     subjects (the exact sign-flip test's smallest p is 2 / 2^n)."""
-    from ldpm.evaluate.stats import min_p
+    from ldpm.evaluate.stats import ALPHA, min_p
 
     stats = pd.read_csv(stats_csv)
     tested = stats[stats.metric.isin(["psnr", "ssim"]) & stats.p_holm.notna()]
     if tested.empty:
         return "No paired test (LDPM not run, or no other method)."
     n = int(tested.n_subjects.max())
-    text = (f"{int((tested.p_holm < 0.05).sum())} of {len(tested)} PSNR / SSIM comparisons have a Holm-adjusted "
-            f"p < 0.05 (paired sign-flip tests by subject, n = {n} subjects).")
-    if min_p(n) >= 0.05:
+    text = (f"{int((tested.p_holm < ALPHA).sum())} of {len(tested)} PSNR / SSIM comparisons have a Holm-adjusted "
+            f"p < {ALPHA:g} (paired sign-flip tests by subject, n = {n} subjects).")
+    if min_p(n) >= ALPHA:
         text += (f" With {n} subjects the smallest p the test can give is {min_p(n):.4g}, so no marker can be filled "
                  f"whatever the difference: read the CIs.")
     return text

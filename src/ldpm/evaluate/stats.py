@@ -57,7 +57,11 @@ def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np
 def bootstrap_mean(values: np.ndarray, n_boot: int = 2000, confidence: float = 0.95,
                    seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high) of per-subject values: percentile bootstrap, subjects drawn with replacement."""
-    means = bootstrap_means(values, n_boot, seed)
+    return percentile_ci(values, bootstrap_means(values, n_boot, seed), confidence)
+
+
+def percentile_ci(values: np.ndarray, means: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(mean of `values`, low, high): the percentile interval of their bootstrap `means` (NaN for no values)."""
     if len(means) == 0:
         return np.nan, np.nan, np.nan
     alpha = (1 - confidence) / 2
@@ -118,7 +122,8 @@ def paired_test(frame: pd.DataFrame, metric: str, reference: str, other: str, n_
     wide = wide.reindex(columns=[reference, other]).dropna()
     per_subject = wide.groupby(level="patient_id").mean()
     diff = (per_subject[reference] - per_subject[other]).to_numpy()
-    mean, low, high = bootstrap_mean(diff, n_boot, confidence, seed)
+    means = bootstrap_means(diff, n_boot, seed)  # one set of draws for the CI and the mdd
+    mean, low, high = percentile_ci(diff, means, confidence)
     out = {"n_subjects": len(diff), "mean_diff": mean, "diff_ci_low": low, "diff_ci_high": high,
            "median_diff": float(np.median(diff)) if len(diff) else np.nan, "p": np.nan, "p_min": np.nan,
            "mdd": np.nan, "note": ""}
@@ -126,7 +131,7 @@ def paired_test(frame: pd.DataFrame, metric: str, reference: str, other: str, n_
         out["note"] = "no test: fewer than 2 paired subjects" if len(diff) < 2 else "no test: identical results"
         return out
     out["p_min"] = min_p(len(diff), n_draws)
-    out["mdd"] = mdd_factor() * float(np.std(bootstrap_means(diff, n_boot, seed), ddof=1))
+    out["mdd"] = mdd_factor() * float(np.std(means, ddof=1))
     out["p"] = sign_flip_p(diff, n_draws, seed)
     return out
 
