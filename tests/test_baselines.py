@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ldpm.physics import Measurement
 from ldpm import LdpmError
 from ldpm.baselines import score_mri, swinmr, varnet
 from ldpm.baselines.unet import build_unet, unet_reconstruct
@@ -176,7 +177,7 @@ def test_sampler_output_holds_the_measurements():
     asym = column_mask(2, 32, seed=3)
     for mask in (asym, torch.maximum(asym, mirror(asym))):
         k_u, _ = undersample(x, mask)
-        out = score_mri.score_mri_sample(model, k_u, mask, n_steps=4, snr=0.16, sigma_max=20.0,
+        out = score_mri.score_mri_sample(model, Measurement(k_u, mask), n_steps=4, snr=0.16, sigma_max=20.0,
                                          generator=torch.Generator().manual_seed(0), progress=False)
         assert out.shape == x.shape and out.dtype == torch.float32
         # Re(·) after DC keeps a sampled line exactly when its mirror line is sampled too (Hermitian pair)
@@ -199,7 +200,7 @@ def test_train_and_reconstruct_end_to_end(tmp_path):
                         "cpu")
     recon = varnet.reconstructor({"model": tmp_path / "varnet.safetensors"}, hp_v, torch.device("cpu"))
     with torch.no_grad():
-        assert recon(x_u, k_u, mask).shape == x.shape
+        assert recon(Measurement(k_u, mask, x_u)).shape == x.shape
 
     hp_s = {"model": "tiny", "sigma_min": 0.01, "sigma_max": 20.0, "lr": 2e-4, "batch_size": 4, "epochs": 1,
             "ckpt_every": 100, "n_steps": 2, "snr": 0.16, "n_corrector": 1}
@@ -207,7 +208,7 @@ def test_train_and_reconstruct_end_to_end(tmp_path):
                                         tmp_path / "ck_s", hp_s, masks, 0, "cpu")
     assert len(history) > 0 and all(torch.isfinite(torch.tensor(h["dsm"])) for h in history)
     recon = score_mri.reconstructor({"model": tmp_path / "score.safetensors"}, hp_s, torch.device("cpu"))
-    out = recon(x_u, k_u, mask)
+    out = recon(Measurement(k_u, mask, x_u))
     assert out.shape == x.shape and torch.isfinite(out).all()  # raw: the reconstruct stage clips (test_evaluate)
     with pytest.raises(LdpmError, match="score_mri.sigma_max"):
         score_mri.reconstructor({"model": tmp_path / "score.safetensors"}, hp_s | {"sigma_max": 378}, torch.device("cpu"))
@@ -292,7 +293,7 @@ def test_official_state_dicts_load_through_the_reconstructors(tmp_path):
         expected = (varnet.varnet_reconstruct(model.eval(), k_u, mask) if module is varnet
                     else unet_reconstruct(model.eval(), x_u))
         with torch.no_grad():
-            torch.testing.assert_close(recon(x_u, k_u, mask), expected, rtol=0, atol=0)
+            torch.testing.assert_close(recon(Measurement(k_u, mask, x_u)), expected, rtol=0, atol=0)
 
 
 def test_official_weights_in_config_replace_training_and_a_missing_file_is_named(tmp_path):
@@ -421,7 +422,7 @@ def test_swinmr_trains_records_the_perceptual_switch_and_reconstructs(tmp_path, 
             assert fh.metadata()["perceptual"].startswith(name)
     recon = swinmr.reconstructor({"model": out}, hp, torch.device("cpu"))
     with torch.no_grad():
-        assert recon(x_u, k_u, mask).shape == x.shape
+        assert recon(Measurement(k_u, mask, x_u)).shape == x.shape
     with pytest.raises(LdpmError, match="nope.safetensors: weights file not found"):
         swinmr.reconstructor({"model": tmp_path / "nope.safetensors"}, hp, torch.device("cpu"))
     with pytest.raises(LdpmError, match="swinmr.patch_size: 64 is larger than the 32 px training images"):

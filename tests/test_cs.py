@@ -13,6 +13,7 @@ import pytest
 import pywt
 import torch
 
+from ldpm.physics import Measurement
 from ldpm.baselines import cs
 from ldpm.data.masks import sample_mask
 
@@ -82,17 +83,17 @@ def test_the_reconstructor_runs_the_validation_lambda_on_the_batch(tmp_path, mon
     tuned = tmp_path / "tuned.json"
     tuned.write_text(json.dumps({"chosen": {"lam": 0.0123}}))
     seen = []
-    monkeypatch.setattr(cs, "cs_reconstruct", lambda k, m, lam, prior, iterations, backend:
-                        seen.append((k.copy(), m.copy(), lam, prior, iterations, backend))
+    monkeypatch.setattr(cs, "cs_reconstruct", lambda k, m, lam, prior, iterations, maps, backend:
+                        seen.append((k.copy(), m.copy(), lam, prior, iterations, maps, backend))
                         or np.full((len(k), *k.shape[2:]), 2j))
     run = cs.cs_wavelet({"tuned": tuned}, {"iterations": 7, "backend": "sigpy"}, torch.device("cpu"))
     k_u = torch.randn(3, 1, SIZE, SIZE, dtype=torch.complex64)
     mask = torch.zeros(3, 1, 1, SIZE)
     mask[1, ..., 5] = 1
-    out = run(k_u.abs(), k_u, mask)
+    out = run(Measurement(k_u, mask))
     assert out.shape == (3, 1, SIZE, SIZE) and torch.all(out == 2)
     [(k, m, *settings)] = seen
-    assert settings == [0.0123, "wavelet", 7, "sigpy"]
+    assert settings == [0.0123, "wavelet", 7, None, "sigpy"]  # magnitude: no maps (one coil, a map of ones)
     np.testing.assert_array_equal(k, k_u.numpy())
     np.testing.assert_array_equal(m, mask.numpy())
 
@@ -116,7 +117,7 @@ def test_tuning_keeps_the_lambda_with_the_best_validation_psnr(tmp_path, monkeyp
 
     write_test_set(tmp_path, name="val", n_subjects=2, n_slices=3)
 
-    def fake(k, m, lam, prior, iterations, backend):  # exact for 0.01, the zero-filled image otherwise
+    def fake(k, m, lam, prior, iterations, maps, backend):  # exact for 0.01, the zero-filled image otherwise
         if lam == 0.01:
             return np.stack([gt_of[slice_k.tobytes()] for slice_k in k])
         return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k[:, 0], axes=(-2, -1)), norm="ortho"), axes=(-2, -1))

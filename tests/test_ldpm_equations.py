@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ldpm.physics import Measurement
 from ldpm import LdpmError
 from ldpm.losses import (PatchDiscriminator, VGGPerceptual, charbonnier, d_hinge_loss, kl_loss, mrvae_loss)
 from ldpm.models.latent import (decode, empty_prompt_embedding, encode, load_sd, sd_noise_scheduler,
@@ -62,11 +63,11 @@ def test_sketcher_is_magnitude_of_dc_of_repair_output():
     torch.manual_seed(0)
     net = build_swinir("tiny")
     with torch.no_grad():
-        c = sketcher(x_u, k_u, mask, net)
+        c = sketcher(Measurement(k_u, mask, x_u), net)
         assert c.shape == x.shape and (c >= 0).all()
         torch.testing.assert_close(c, data_consistency(net(x_u), k_u, mask).abs())
         # a perfect repair model gives back the ground truth: DC of x with its own k-space is x
-        torch.testing.assert_close(sketcher(x_u, k_u, mask, lambda _: x), x, atol=1e-5, rtol=0)
+        torch.testing.assert_close(sketcher(Measurement(k_u, mask, x_u), lambda _: x), x, atol=1e-5, rtol=0)
         # global residual: with a zero last conv, SwinIR is the identity
         torch.nn.init.zeros_(net.conv_last.weight), torch.nn.init.zeros_(net.conv_last.bias)
         torch.testing.assert_close(net(x_u), x_u)
@@ -163,17 +164,17 @@ def test_eq11_guidance_step_is_a_gradient_step_on_eq10(tiny):
     v = torch.randn(z0.shape, generator=torch.Generator().manual_seed(5))
     h, step = 1e-2, 0.7
     for norm in ("sum", "mean"):
-        z1, _ = guidance_step(z0, k_u, mask, tiny.vae, step, norm)
+        z1, _ = guidance_step(z0, Measurement(k_u, mask), tiny.vae, step, norm)
         with torch.no_grad():
-            d_plus = kspace_loss(decode(tiny.vae, z0 + h * v), k_u, mask, norm)
-            d_minus = kspace_loss(decode(tiny.vae, z0 - h * v), k_u, mask, norm)
+            d_plus = kspace_loss(decode(tiny.vae, z0 + h * v), Measurement(k_u, mask), norm)
+            d_minus = kspace_loss(decode(tiny.vae, z0 - h * v), Measurement(k_u, mask), norm)
         directional = (d_plus - d_minus) / (2 * h)  # per image: <∇δ, v>
         moved = ((z1 - z0) * v).flatten(1).sum(1)
         torch.testing.assert_close(moved, -step * directional, rtol=2e-2, atol=1e-4)
     n_sampled = mask.expand_as(x).flatten(1).sum(1)
     with torch.no_grad():
         xd = decode(tiny.vae, z0)
-    torch.testing.assert_close(kspace_loss(xd, k_u, mask, "sum") / n_sampled, kspace_loss(xd, k_u, mask, "mean"))
+    torch.testing.assert_close(kspace_loss(xd, Measurement(k_u, mask), "sum") / n_sampled, kspace_loss(xd, Measurement(k_u, mask), "mean"))
 
 
 def test_eq12_passes_a_dc_correction_whole_and_the_posterior_form_a_fraction():
@@ -227,8 +228,8 @@ def test_latent_dc_moves_the_decoded_estimate_towards_the_measurements():
     estimate = (x + 0.3 * _phantom(seed=5)).clamp(0, 1)  # a wrong but plausible ẑ0
     z0 = encode(vae, estimate)
     torch.testing.assert_close(decode(vae, z0), estimate)  # the stand-in is exact
-    before = kspace_loss(decode(vae, z0), k_u, mask, "sum")
-    after = kspace_loss(decode(vae, latent_dc(z0, k_u, mask, vae)), k_u, mask, "sum")
+    before = kspace_loss(decode(vae, z0), Measurement(k_u, mask), "sum")
+    after = kspace_loss(decode(vae, latent_dc(z0, Measurement(k_u, mask), vae)), Measurement(k_u, mask), "sum")
     # the magnitude of eq. 9 makes it not exact, but far closer than before
     assert (after < 0.1 * before).all(), (before, after)
 
@@ -256,7 +257,7 @@ def test_sampler_with_dc_and_guidance_is_the_hand_written_loop(step_form):
     x, mask = _phantom(b=2, h=16, w=16), _mask(b=2, w=16)
     k_u = _centred_fft(x.to(torch.complex64)) * mask
     steps, p, g = 6, 400, 0.01
-    out = dual_stage_sample(_toy_eps, (2, 4, 8, 8), k_u, mask, vae=vae, num_steps=steps, p=p, guidance_scale=g,
+    out = dual_stage_sample(_toy_eps, (2, 4, 8, 8), Measurement(k_u, mask), vae=vae, num_steps=steps, p=p, guidance_scale=g,
                             step_form=step_form, generator=torch.Generator().manual_seed(3), progress=False)
 
     abar = sd_noise_scheduler().alphas_cumprod.double().numpy()
@@ -306,7 +307,7 @@ def test_dc_runs_above_p_and_guidance_at_or_below_it_never_both(monkeypatch, p):
     monkeypatch.setattr(dss, "guidance_step", lambda *a, **k: log.append(["guidance"]) or real_guidance(*a, **k))
     vae, x, mask = _PixelShuffleVAE(), _phantom(b=1, h=16, w=16), _mask(b=1, w=16)
     k_u, _ = undersample(x, mask)
-    dss.dual_stage_sample(eps_fn, (1, 4, 8, 8), k_u, mask, vae=vae, num_steps=6, p=p,
+    dss.dual_stage_sample(eps_fn, (1, 4, 8, 8), Measurement(k_u, mask), vae=vae, num_steps=6, p=p,
                           generator=torch.Generator().manual_seed(0), progress=False)
     stages = {}  # t -> the stages that ran in its step
     for entry in log:
@@ -328,7 +329,7 @@ def test_diffbir_convention_is_diffbirs_step_at_full_sampling():
     k_full, _ = undersample(y, full)
     z0 = encode(vae, _phantom(b=2, h=16, w=16, seed=2))
     g = 0.1
-    ours, _ = guidance_step(z0, k_full, full, vae, *guidance_step_size(g, "diffbir"))
+    ours, _ = guidance_step(z0, Measurement(k_full, full), vae, *guidance_step_size(g, "diffbir"))
     z = z0.clone().requires_grad_(True)
     pred_rgb = vae.decode(z / vae.config.scaling_factor).sample  # DiffBIR decodes to [−1, 1] RGB
     target_rgb = (y * 2 - 1).expand(-1, 3, -1, -1)
@@ -342,10 +343,10 @@ def test_guidance_runs_in_fp32_under_bf16_autocast(tiny):
     x, mask = _phantom(), _mask()
     k_u, _ = undersample(x, mask)
     z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
-    reference, _ = guidance_step(z0, k_u, mask, tiny.vae, 50.0)
+    reference, _ = guidance_step(z0, Measurement(k_u, mask), tiny.vae, 50.0)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert decode(tiny.vae, z0).dtype == torch.bfloat16  # autocast does reach the decoder
-        guided, _ = guidance_step(z0, k_u, mask, tiny.vae, 50.0)
+        guided, _ = guidance_step(z0, Measurement(k_u, mask), tiny.vae, 50.0)
     torch.testing.assert_close(guided, reference, rtol=1e-5, atol=1e-6)
 
 
@@ -358,9 +359,9 @@ def test_dual_stage_runs_both_stages(tiny):
         calls.append(int(t[0]))
         return tiny.unet(z, t, encoder_hidden_states=tiny.prompt.expand(z.shape[0], -1, -1)).sample
 
-    out = dual_stage_sample(eps_fn, (2, 4, 8, 8), k_u, mask, vae=tiny.vae, num_steps=4, p=500,
+    out = dual_stage_sample(eps_fn, (2, 4, 8, 8), Measurement(k_u, mask), vae=tiny.vae, num_steps=4, p=500,
                             generator=torch.Generator().manual_seed(0), progress=False)
-    plain = dual_stage_sample(eps_fn, (2, 4, 8, 8), k_u, mask, vae=tiny.vae, num_steps=4, use_dc=False,
+    plain = dual_stage_sample(eps_fn, (2, 4, 8, 8), Measurement(k_u, mask), vae=tiny.vae, num_steps=4, use_dc=False,
                               use_guidance=False, generator=torch.Generator().manual_seed(0), progress=False)
     assert calls == [999, 666, 333, 0] * 2
     assert out.image.shape == (2, 1, 32, 32) and 0 <= out.image.min() and out.image.max() <= 1

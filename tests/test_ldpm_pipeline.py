@@ -17,6 +17,7 @@ import yaml
 from conftest import REPO
 from safetensors.torch import load_file
 
+from ldpm.physics import Measurement
 from ldpm import LdpmError
 from ldpm.config import validate_config
 from ldpm.evaluate.ablations import ABLATION_LABELS, figure3, table2
@@ -164,7 +165,7 @@ def test_configured_guidance_changes_the_kspace_residual(trained, prepared):
     def delta(g, guided):
         torch.manual_seed(0)
         run = ldpm(trained["weights"], hp | {"sampler": hp["sampler"] | {"guidance_scale": g}}, torch.device("cpu"))
-        return kspace_loss(run(x_u, k_u, mask, use_guidance=guided), k_u, mask).mean().item()
+        return kspace_loss(run(Measurement(k_u, mask, x_u), use_guidance=guided), Measurement(k_u, mask)).mean().item()
 
     unguided = delta(0.1, False)
     assert abs(delta(0.1, True) / unguided - 1) > 0.01, unguided
@@ -204,7 +205,7 @@ def test_the_condition_matters_to_a_trained_mrcn(trained, mrcn_trained_longer, p
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         z0 = encode(vae, x)
-        c_latent = encode(vae, sketcher(x_u, k_u, mask, lambda im: components.repair(net, im)))
+        c_latent = encode(vae, sketcher(Measurement(k_u, mask, x_u), lambda im: components.repair(net, im)))
         conditions = {"real": c_latent, "zero": torch.zeros_like(c_latent), "shuffle": c_latent.roll(1, 0)}
         error = dict.fromkeys(conditions, 0.0)
         for t in (100, 300, 500):
@@ -229,7 +230,7 @@ def test_without_skm_the_result_changes(trained, mrcn_trained_longer, prepared):
     for factory in (ldpm, ldpm_no_skm):
         torch.manual_seed(0)
         with torch.no_grad():
-            outputs[factory] = factory(mrcn_trained_longer, hp, torch.device("cpu"))(x_u, k_u, mask)
+            outputs[factory] = factory(mrcn_trained_longer, hp, torch.device("cpu"))(Measurement(k_u, mask, x_u))
     assert (outputs[ldpm] - outputs[ldpm_no_skm]).abs().max() > 1e-3
 
 
@@ -255,12 +256,12 @@ def test_ldpm_and_ablations_reconstruct_a_batch_reproducibly(trained, prepared):
         assert resolve(RECONSTRUCTORS, name, "method") is factory
         torch.manual_seed(0)  # as `ldpm.reconstruct` does before building a method
         with torch.no_grad():
-            out = factory(trained["weights"], hp, torch.device("cpu"))(x_u, k_u, mask)
+            out = factory(trained["weights"], hp, torch.device("cpu"))(Measurement(k_u, mask, x_u))
         assert out.shape == (4, 1, 32, 32) and torch.isfinite(out).all()  # raw output: ldpm.reconstruct clips
         outputs[name] = out
     torch.manual_seed(0)
     with torch.no_grad():
-        again = ldpm(trained["weights"], hp, torch.device("cpu"))(x_u, k_u, mask)
+        again = ldpm(trained["weights"], hp, torch.device("cpu"))(Measurement(k_u, mask, x_u))
     torch.testing.assert_close(again, outputs["ldpm"], rtol=0, atol=0)
     # another VAE / another sampler changes the result (w/o SkM: next test, with an MRCN that reads its condition)
     for name in ("ldpm_no_mrvae", "ldpm_no_dss"):
@@ -295,7 +296,7 @@ def test_diagnostics_sketch_each_slice_once_and_sample_as_ldpm_does(trained, pre
     for row, kwargs in (("ldpm_zero_condition", {"condition": "zero"}), ("ldpm_unguided", {"use_guidance": False})):
         torch.manual_seed(5)
         with torch.no_grad():
-            alone = build_ldpm(trained["weights"], hp, torch.device("cpu"))(x_u, k_u, mask, **kwargs)
+            alone = build_ldpm(trained["weights"], hp, torch.device("cpu"))(Measurement(k_u, mask, x_u), **kwargs)
         # as the reconstruct stage leaves LDPM's output: negatives set to 0
         np.testing.assert_array_equal(rows[row], alone[:, 0].clamp_min(0).numpy(), err_msg=row)
 

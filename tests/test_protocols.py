@@ -147,9 +147,9 @@ def test_every_registered_method_is_clipped_by_the_one_policy_only(tmp_path, mon
 
 def spying_method(weights, hp, device):
     """A registered method that records the measurement it is given and answers 3·x_u − 0.2."""
-    def run(x_u, k_u, mask):
-        SEEN.append((x_u.clone(), k_u.clone()))
-        return 3 * x_u - 0.2
+    def run(meas):
+        SEEN.append((meas.x_u.clone(), meas.k_u.clone()))
+        return 3 * meas.x_u - 0.2
     return run
 
 
@@ -202,9 +202,9 @@ def test_training_measurements_follow_the_same_rule(tmp_path):
         sampler = EpochSampler(len(images), 4, 0)
         for rule in ("input", "gt_max", None):
             cfg = masks_cfg | ({"normalise": rule} if rule else {})
-            batch = undersampled_batch(images, sampler, 3, 0, cfg, torch.device("cpu"))
+            x, meas = undersampled_batch(images, sampler, 3, 0, cfg, torch.device("cpu"))
             val = validation_set({"val": tmp_path / str(scale) / "val.h5"}, 4, 0, cfg, torch.device("cpu"), "t")
-            batches[rule, scale] = (*batch, val.x, val.k_u, val.x_u)
+            batches[rule, scale] = (x, meas.mask, meas.k_u, meas.x_u, val.x, val.meas.k_u, val.meas.x_u)
         assert torch.equal(batches["gt_max", scale][0], images[sampler.batch(3)][:, None])
         for a, b in zip(batches["gt_max", scale], batches[None, scale]):
             assert torch.equal(a, b)

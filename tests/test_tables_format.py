@@ -91,8 +91,8 @@ def test_compute_table_has_a_row_for_a_method_without_weights(tmp_path, monkeypa
     def cs_like(weights, hp, device):
         assert weights == {}, "no weights"
 
-        def run(x_u, k_u, mask):
-            x = x_u
+        def run(meas):
+            x, mask, k_u = meas.x_u, meas.mask, meas.k_u
             for _ in range(20):  # gradient steps on ||M F x - k_u||², then soft-thresholding
                 residual = mask * torch.fft.fft2(x, norm="ortho") - k_u
                 x = x - 0.5 * torch.fft.ifft2(mask * residual, norm="ortho").real

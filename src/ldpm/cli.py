@@ -110,7 +110,8 @@ def cmd_reconstruct(a: argparse.Namespace) -> None:
     from ldpm.reconstruct import reconstruct
 
     reconstruct(a.method, a.test_h5, a.test_csv, a.masks, a.out, weights=a.weights, hp=a.hp,
-                batch_size=a.batch_size, device=a.device, seed=a.seed, normalise=a.normalise)
+                batch_size=a.batch_size, device=a.device, seed=a.seed, normalise=a.normalise,
+                measurement=a.measurement, index_csvs=a.index, crop_size=a.crop_size)
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     _normalise_arg(s)
+    s.add_argument("--measurement", default="magnitude", help="magnitude (the paper's) | multicoil (raw coil k-space)")
+    s.add_argument("--index", nargs="*", default=[], help="multicoil: the index files (volume -> raw file)")
+    s.add_argument("--crop-size", type=int, default=None, help="multicoil: data.crop_size (default: the image size)")
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("metrics", help="per-volume and per-slice PSNR/SSIM/NMSE/HFEN/k-space residual")

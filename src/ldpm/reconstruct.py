@@ -1,6 +1,7 @@
 """Reconstruct the test set for one (method, AF): the same simulated measurement for every method.
 
-Each method is a `Reconstructor`: a callable (x_u, k_u, mask) → image, all (B,1,H,W), built by the factory
+Each method is a `Reconstructor`: a callable measurement → image (B,1,H,W), the measurement an
+`ldpm.physics.Measurement` (operator and data: k_u, mask, zero-filled x_u, coil maps, phase), built by the factory
 registered for it in `ldpm.stages.RECONSTRUCTORS` from the method's weight files and hyperparameters.
 
 One output policy for every method (`clip_output`, defined in `ldpm.physics`): negative values are set to 0, since
@@ -31,24 +32,31 @@ from tqdm import tqdm
 from ldpm import LdpmError
 from ldpm.data.masks import load_test_masks
 from ldpm.io import atomic_output, read_images, read_table
-from ldpm.physics import clip_output, scaled_method, undersample  # clip_output: the policy, defined there
+from ldpm.physics import (MEASUREMENTS, Measurement, clip_output, measure,  # clip_output: the policy, defined there
+                          multicoil_measurement, scaled_method)
 from ldpm.stages import RECONSTRUCTORS, resolve
 from ldpm.train import autocast, resolve_device
 
 log = logging.getLogger("ldpm.reconstruct")
 
-Reconstructor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Reconstructor = Callable[[Measurement], torch.Tensor]
 
 
 def zero_filled(weights: dict[str, Path], hp: dict, device: torch.device) -> Reconstructor:
-    return lambda x_u, k_u, mask: x_u
+    return lambda meas: meas.x_u
 
 
 def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_npz: str | Path, out: str | Path, *,
                 weights: dict[str, str] | None = None, hp: dict | None = None, batch_size: int = 16,
-                device: str = "auto", seed: int = 0, normalise: str = "gt_max") -> None:
+                device: str = "auto", seed: int = 0, normalise: str = "gt_max", measurement: str = "magnitude",
+                index_csvs: list[str | Path] = (), crop_size: int | None = None) -> None:
     """Write `out` (h5, dataset `recon` aligned with the rows of test_csv; attrs: the `Cost` per slice).
-    `normalise`: config data.normalise, how the measurement is scaled before the method sees it."""
+    `normalise`: config data.normalise, how the measurement is scaled before the method sees it. `measurement`:
+    "magnitude" (the paper's: k-space of the stored RSS slices) or "multicoil" (the raw coil k-space of every slice,
+    read through `index_csvs` at the `crop_size` image grid, `ldpm.data.coils`; the test mask times the acquired
+    columns)."""
+    if measurement not in MEASUREMENTS:
+        raise LdpmError(f"config key measurements: unknown measurement '{measurement}'; known: {', '.join(MEASUREMENTS)}")
     factory = resolve(RECONSTRUCTORS, method, "method")
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -57,6 +65,11 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
     if len(slice_ids) != len(images):
         raise LdpmError(f"{test_csv}: {len(slice_ids)} rows but {test_h5} holds {len(images)} images; rerun preprocess")
     masks = load_test_masks(masks_npz, slice_ids)
+    coils = None
+    if measurement == "multicoil":
+        from ldpm.data.coils import CoilSlices
+
+        coils = CoilSlices(test_csv, list(index_csvs), crop_size or images.shape[-1])
     run = scaled_method(factory({name: Path(p) for name, p in (weights or {}).items()}, hp or {}, dev), normalise)
     out_images = np.empty(images.shape, dtype=np.float32)
     starts = range(0, len(images), batch_size)
@@ -66,14 +79,18 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
         for start in tqdm(starts, desc=f"reconstruct {method}", mininterval=2.0, disable=None):
             x = images[start:start + batch_size, None].to(dev)
             mask = masks[start:start + batch_size].to(dev)
-            k_u, x_u = undersample(x, mask)
+            if coils is None:
+                meas = measure(x, mask)
+            else:  # maps and phase estimated here, from each slice's own ACS: the same for every method
+                coil, acquired = coils[start:start + batch_size]
+                meas = multicoil_measurement(coil.to(dev), mask * acquired.to(dev))
             with cost.measure(len(x), count_flops=start == 0, timed=start > 0 or len(starts) == 1):
-                image = clip_output(run(x_u, k_u, mask).float())
+                image = clip_output(run(meas).float())
                 out_images[start:start + len(x)] = image[:, 0].detach().cpu().numpy()
     log.info("%s: %d slices on %s, %s", method, len(images), dev, cost.summary())
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as fh:
         fh.create_dataset("recon", data=out_images)
-        fh.attrs.update({"method": method, "device": str(dev), **cost.attrs()})
+        fh.attrs.update({"method": method, "measurement": measurement, "device": str(dev), **cost.attrs()})
 
 
 class Cost:

@@ -10,8 +10,9 @@ Contracts (every entry follows them, so the CLI and the Snakemake rules have one
   masks ignore it). Every epoch the stage is scored on at most `val_slices` evenly spaced slices of inputs["val"]
   (none without it; 0 turns validation off), and it writes `ldpm.train.curve_path(out)`
   (<out>.curve.csv: step, epoch, name, value) with its per-epoch training losses and validation numbers.
-- reconstructor factory(weights, hp, device) -> callable(x_u, k_u, mask) -> image, all (B, 1, H, W).
-  `weights` maps names to files (empty for zero-filled).
+- reconstructor factory(weights, hp, device) -> callable(measurement) -> image (B, 1, H, W); the measurement is an
+  `ldpm.physics.Measurement` (k_u, mask, zero-filled x_u, coil maps and phase, the operator's forward, adjoint and
+  data consistency). `weights` maps names to files (empty for zero-filled).
 """
 
 from __future__ import annotations

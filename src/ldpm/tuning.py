@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ldpm.data.masks import sample_mask
 from ldpm.evaluate import protocol
 from ldpm.io import atomic_output, read_images, read_table, stable_seed, write_table
-from ldpm.physics import clip_output, scaled_method, undersample
+from ldpm.physics import clip_output, measure, scaled_method
 
 log = logging.getLogger("ldpm.tuning")
 
@@ -66,8 +66,7 @@ def grid_search(build: Callable[[dict], Callable], grid: dict[str, list], val_h5
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 xb, mb = x[start:start + batch_size].to(device), masks[start:start + batch_size].to(device)
-                k_u, x_u = undersample(xb, mb)
-                out.append(clip_output(run(x_u, k_u, mb).float())[:, 0].cpu().numpy())
+                out.append(clip_output(run(measure(xb, mb)).float())[:, 0].cpu().numpy())
         psnr = np.array([protocol.psnr(g, p, m) for g, p, m in zip(x[:, 0].numpy(), np.concatenate(out), vmax)])
         rows.append(settings | {"psnr": float(psnr.mean()), "psnr_sd": float(psnr.std())})
         log.info("validation %s: PSNR %.3f dB over %d slices", settings, rows[-1]["psnr"], len(x))

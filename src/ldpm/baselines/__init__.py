@@ -12,33 +12,31 @@ import torch
 from ldpm.data.masks import batch_masks, sample_mask
 from ldpm.evaluate import protocol
 from ldpm.io import SliceFile, read_images, stable_seed
-from ldpm.physics import input_scale, undersample
+from ldpm.physics import Measurement, input_scale, measure
 from ldpm.train import EpochSampler, shard, step_rng
 
 log = logging.getLogger("ldpm.validation")
 
 
-def normalised(x: torch.Tensor, mask: torch.Tensor, k_u: torch.Tensor, x_u: torch.Tensor,
-               masks_cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x, mask, k_u, x_u) as training sees them under masks_cfg["normalise"] (config data.normalise, default
-    "gt_max": unchanged): with "input", image, k-space and zero-filled image divided by each zero-filled slice's
-    maximum (`ldpm.physics.input_scale`), so the target is in the units the method answers in at test time."""
-    s = input_scale(x_u, masks_cfg.get("normalise", "gt_max"))
-    return (x, mask, k_u, x_u) if s is None else (x / s, mask, k_u / s, x_u / s)
+def normalised(x: torch.Tensor, meas: Measurement, masks_cfg: dict) -> tuple[torch.Tensor, Measurement]:
+    """(x, measurement) as training sees them under masks_cfg["normalise"] (config data.normalise, default
+    "gt_max": unchanged): with "input", image and measurement divided by each zero-filled slice's maximum
+    (`ldpm.physics.input_scale`), so the target is in the units the method answers in at test time."""
+    s = input_scale(meas.x_u, masks_cfg.get("normalise", "gt_max"))
+    return (x, meas) if s is None else (x / s, meas.scaled(s))
 
 
 def simulated_measurement(x: torch.Tensor, rng: np.random.Generator, masks_cfg: dict
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x, mask, k_u, x_u) of images x (B, 1, H, W): fresh training masks drawn from `rng`, then `normalised`."""
+                          ) -> tuple[torch.Tensor, Measurement]:
+    """(x, measurement) of images x (B, 1, H, W): fresh training masks drawn from `rng`, then `normalised`."""
     mask = batch_masks(rng, len(x), x.shape[-1], masks_cfg["accelerations"], masks_cfg["center_fractions"],
                        masks_cfg.get("type", "random")).to(x.device)
-    k_u, x_u = undersample(x, mask)
-    return normalised(x, mask, k_u, x_u, masks_cfg)
+    return normalised(x, measure(x, mask), masks_cfg)
 
 
 def undersampled_batch(images: SliceFile | torch.Tensor, sampler: EpochSampler, step: int, seed: int, masks_cfg: dict,
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training batch `step` as (x, mask, k_u, x_u), all (B, 1, ...) on `device`: the images of the sampler's batch
+                       device: torch.device) -> tuple[torch.Tensor, Measurement]:
+    """Training batch `step` as (x (B, 1, H, W), its measurement) on `device`: the images of the sampler's batch
     (read from the training file only now, `ldpm.io.SliceFile`) and their measurement under fresh masks drawn from
     (seed, step), so a resumed run sees the same masks; scaled by masks_cfg["normalise"] (`normalised`).
     Under torchrun this process's slice of that global batch (`ldpm.train.shard`)."""
@@ -49,18 +47,16 @@ def undersampled_batch(images: SliceFile | torch.Tensor, sampler: EpochSampler, 
 # ------------------------------------------------------------------------------------------- validation
 @dataclass
 class ValidationSet:
-    """Fixed validation measurements, all (N, 1, ...) on the training device: the same every epoch."""
+    """Fixed validation images (N, 1, H, W) and their measurement, on the training device: the same every epoch."""
 
     index: np.ndarray  # rows of the validation file
     x: torch.Tensor
-    mask: torch.Tensor
-    k_u: torch.Tensor
-    x_u: torch.Tensor
+    meas: Measurement
 
     def chunks(self, size: int):
-        """(x, mask, k_u, x_u) in chunks of at most `size` slices, in order."""
+        """(x, measurement) in chunks of at most `size` slices, in order."""
         for i in range(0, len(self.x), max(1, size)):
-            yield self.x[i:i + size], self.mask[i:i + size], self.k_u[i:i + size], self.x_u[i:i + size]
+            yield self.x[i:i + size], self.meas[i:i + size]
 
 
 def evenly_spaced(n_items: int, n: int) -> np.ndarray:
@@ -96,8 +92,8 @@ def validation_set(inputs: dict, n_slices: int, seed: int, masks_cfg: dict, devi
     index, x = picked
     mask = torch.from_numpy(np.stack([sample_mask(x.shape[-1], af, cf, stable_seed(seed, "val", int(i)), kind)
                                       for i in index])).float()[:, None, None, :]
-    k_u, x_u = undersample(x, mask)
-    return ValidationSet(index, *(t.to(device) for t in normalised(x, mask, k_u, x_u, masks_cfg)))
+    x, meas = normalised(x.to(device), measure(x.to(device), mask.to(device)), masks_cfg)
+    return ValidationSet(index, x, meas)
 
 
 def psnr_ssim(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -112,8 +108,8 @@ def psnr_ssim(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
 
 
-def reconstruction_metrics(recon: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                           val: ValidationSet, batch_size: int) -> dict[str, float]:
-    """PSNR / SSIM of `recon(x_u, k_u, mask) -> (B, 1, H, W)` on the validation set (see psnr_ssim)."""
-    preds = [recon(x_u, k_u, mask).float().cpu() for _, mask, k_u, x_u in val.chunks(batch_size)]
+def reconstruction_metrics(recon: Callable[[Measurement], torch.Tensor], val: ValidationSet,
+                           batch_size: int) -> dict[str, float]:
+    """PSNR / SSIM of a reconstructor `recon(measurement) -> (B, 1, H, W)` on the validation set (see psnr_ssim)."""
+    preds = [recon(meas).float().cpu() for _, meas in val.chunks(batch_size)]
     return psnr_ssim(val.x[:, 0].cpu().numpy(), torch.cat(preds)[:, 0].numpy())

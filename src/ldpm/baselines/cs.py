@@ -33,6 +33,7 @@ import sigpy as sp
 import torch
 
 from ldpm import LdpmError
+from ldpm.physics import Measurement
 from ldpm.tuning import chosen, grid_search
 
 PRIORS = {"cs_tv": "tv", "cs_wavelet": "wavelet"}  # method -> prior
@@ -123,13 +124,16 @@ def read_cfl(stem: str) -> np.ndarray:
 
 
 def reconstructor_for(method: str, lam: float, hp: dict):
-    """(x_u, k_u, mask) -> image (B, 1, H, W): the batch at once on the CPU (both backends run on numpy)."""
+    """measurement -> image (B, 1, H, W): the batch at once on the CPU (both backends run on numpy). The coil
+    k-space and maps are the measurement's (one coil with a map of ones under magnitude; ESPIRiT maps under
+    multicoil, as fastMRI's BART baseline); the output is |x̂| of the complex image."""
     prior = PRIORS[method]
 
-    def run(x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        k = k_u.detach().cpu().numpy()
-        image = cs_reconstruct(k, mask.detach().cpu().numpy(), lam, prior, hp["iterations"], backend=hp["backend"])
-        return torch.from_numpy(np.abs(image)[:, None].astype(np.float32)).to(x_u.device)
+    def run(meas: Measurement) -> torch.Tensor:
+        maps = None if meas.maps is None else meas.maps.detach().cpu().numpy()
+        image = cs_reconstruct(meas.k_u.detach().cpu().numpy(), meas.mask.detach().cpu().numpy(), lam, prior,
+                               hp["iterations"], maps=maps, backend=hp["backend"])
+        return torch.from_numpy(np.abs(image)[:, None].astype(np.float32)).to(meas.x_u.device)
 
     return run
 

@@ -13,6 +13,13 @@ Sampler (Score-MRI's `get_pc_fouriercs_fast`, diffusers' pipeline order): per no
 reverse-diffusion predictor, each followed by data consistency x ← Re F⁻¹[F(x)(1−M) + k_u]. Taking the real part
 after DC (the magnitude variant) makes DC exact only on sampled lines whose mirror line −k is sampled as well; on the
 others it halves the residual each time (alternating projections onto "real" and "consistent").
+
+Multicoil measurement: the same sampler with DC through the measurement operator (ESPIRiT maps S and the ACS phase
+estimate P): x ← Re[P̄·Sᴴ·F⁻¹{F(S·P·x)(1−M) + k_u}]. This is the SENSE-type multi-coil form of the score-MRI
+repository (one image, sensitivities in the DC step) rather than its coil-by-coil SSOS form: SSOS applies the prior to
+every coil image's real and imaginary parts (C×2 score evaluations per step), a prior over complex coil images,
+while this model is trained, as the paper's baseline, on magnitude images; the SENSE form with a phase estimate is
+the one whose prior matches what the network learned, and it costs what the magnitude protocol costs.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from tqdm import tqdm
 from ldpm import LdpmError
 from ldpm.baselines import undersampled_batch, validation_images, validation_set
 from ldpm.io import SliceFile, stable_seed
-from ldpm.physics import fft2, ifft2
+from ldpm.physics import Measurement
 from ldpm.train import (VAL_SLICES, curve_path, data_parallel, epoch_trainer, optimizer_step, resolve_device,
                         seed_everything, shard, step_rng)
 from ldpm.weights import load_weights, save_weights
@@ -184,9 +191,10 @@ def load_score_model(weights: str | Path) -> tuple[UNet2DModel, dict]:
     return load_weights(model, weights).eval(), meta
 
 
-def data_consistency_real(x: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Score-MRI's magnitude-variant DC: Re F⁻¹[F(x)(1−M) + k_u]."""
-    return ifft2(fft2(x) * (1 - mask) + k_u).real
+def data_consistency_real(x: torch.Tensor, meas: Measurement) -> torch.Tensor:
+    """Score-MRI's magnitude-variant DC through the measurement operator: Re[P̄·Sᴴ·F⁻¹{F(S·P·x)(1−M) + k_u}],
+    i.e. Re F⁻¹[F(x)(1−M) + k_u] under magnitude (one coil, no maps, zero phase)."""
+    return meas.data_consistency(x).real
 
 
 def make_scheduler(n_steps: int, snr: float, n_corrector: int, sigma_min: float,
@@ -199,27 +207,26 @@ def make_scheduler(n_steps: int, snr: float, n_corrector: int, sigma_min: float,
 
 
 @torch.no_grad()
-def score_mri_sample(model: UNet2DModel, k_u: torch.Tensor, mask: torch.Tensor, *, n_steps: int, snr: float,
+def score_mri_sample(model: UNet2DModel, meas: Measurement, *, n_steps: int, snr: float,
                      n_corrector: int = 1, sigma_min: float = 0.01, sigma_max: float = 378.0,
                      generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
     """PC sampling with DC after every corrector and predictor step; returns (B,1,H,W), the last DC'd noise-free
     predictor mean, unclipped (every method's output is clipped alike in `ldpm.reconstruct`). `generator` is a CPU
     generator (diffusers draws the corrector's noise on the CPU)."""
-    k_u = k_u.to(torch.complex64)
     sched = make_scheduler(n_steps, snr, n_corrector, sigma_min, sigma_max)
-    dev, shape = k_u.device, k_u.shape
+    dev, shape = meas.x_u.device, meas.x_u.shape
     noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(dev) * sched.init_noise_sigma
-    x = data_consistency_real(noise, k_u, mask)
+    x = data_consistency_real(noise, meas)
     x_mean = x
     steps = tqdm(sched.timesteps, desc="score-mri", mininterval=2.0, disable=None if progress else True)
     for i, t in enumerate(steps):
         sigma = sched.sigmas[i].to(dev) * torch.ones(shape[0], device=dev)
         for _ in range(n_corrector):
             x = sched.step_correct(model(x, sigma).sample, x, generator=generator).prev_sample
-            x = data_consistency_real(x, k_u, mask)
+            x = data_consistency_real(x, meas)
         out = sched.step_pred(model(x, sigma).sample, t, x, generator=generator)
-        x = data_consistency_real(out.prev_sample, k_u, mask)
-        x_mean = data_consistency_real(out.prev_sample_mean, k_u, mask)  # noise-free: returned after the last step
+        x = data_consistency_real(out.prev_sample, meas)
+        x_mean = data_consistency_real(out.prev_sample_mean, meas)  # noise-free: returned after the last step
     return x_mean
 
 
@@ -235,8 +242,8 @@ def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):
     model = model.to(device)
     sigma_min, sigma_max = float(meta["sigma_min"]), float(meta["sigma_max"])
 
-    def run(x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return score_mri_sample(model, k_u, mask, n_steps=hp["n_steps"], snr=hp["snr"],
+    def run(meas: Measurement) -> torch.Tensor:
+        return score_mri_sample(model, meas, n_steps=hp["n_steps"], snr=hp["snr"],
                                 n_corrector=hp.get("n_corrector", 1), sigma_min=sigma_min, sigma_max=sigma_max)
 
     return run

@@ -134,7 +134,8 @@ def train_swinmr(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
     def step(i: int) -> dict[str, float]:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(i, hp)
-        x, _, _, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
+        x, meas = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
+        x_u = meas.x_u
         if hp["patch_size"] is not None or hp["augment"]:
             x, x_u = patches(x, x_u, hp["patch_size"], hp["augment"], step_rng(seed, 3, i))
         loss, terms = swinmr_loss(net(x_u), x, vgg, hp["alpha"], hp["beta"], hp["gamma"])
@@ -142,7 +143,7 @@ def train_swinmr(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
         return terms
 
     val = validation_set(inputs, val_slices, seed, masks_cfg, dev, "swinmr")
-    validate = val and (lambda: reconstruction_metrics(lambda x_u, k_u, m: model(x_u), val, max(8, hp["batch_size"])))
+    validate = val and (lambda: reconstruction_metrics(lambda meas: model(meas.x_u), val, max(8, hp["batch_size"])))
     history = trainer.run(step, validate, curve_path(out))
     save_weights(model, out, metadata={"method": "swinmr", "seed": str(seed), "perceptual": perceptual,
                                        "swinir": json.dumps({k: hp[k] for k in ARCH_KEYS}),
@@ -153,4 +154,4 @@ def train_swinmr(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
 def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):
     """SwinMR: the trained network applied to the zero-filled magnitude (no data consistency, as SwinMR nPI)."""
     model = load_weights(build_swinmr(hp), weights["model"]).to(device).eval()
-    return lambda x_u, k_u, mask: model(x_u)
+    return lambda meas: model(meas.x_u)

@@ -51,14 +51,14 @@ def train_unet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp
     net = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
-        x, _, _, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
-        z, mean, std = standardise(x_u)
+        x, meas = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
+        z, mean, std = standardise(meas.x_u)
         loss = torch.nn.functional.l1_loss(net(z), ((x - mean) / std))
         optimizer_step(optimizer, loss)
         return {"l1": loss.item()}
 
     val = validation_set(inputs, val_slices, seed, masks_cfg, dev, "unet")
-    validate = val and (lambda: reconstruction_metrics(lambda x_u, k_u, m: unet_reconstruct(model, x_u), val,
+    validate = val and (lambda: reconstruction_metrics(lambda meas: unet_reconstruct(model, meas.x_u), val,
                                                        hp["batch_size"]))
     history = trainer.run(step, validate, curve_path(out))
     save_weights(model, out, metadata={"method": "unet", "seed": str(seed)})
@@ -72,4 +72,4 @@ def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):
     else:
         model = load_weights(build_unet(hp), weights["model"])
     model = model.to(device).eval()
-    return lambda x_u, k_u, mask: unet_reconstruct(model, x_u)
+    return lambda meas: unet_reconstruct(model, meas.x_u)

@@ -65,15 +65,15 @@ def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
     net = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
-        x, mask, k_u, _ = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
+        x, meas = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
         # data.normalise "input" rescales each slice, so its volume max is no longer 1: the slice's max stands in
         target_range = x.amax(dim=(1, 2, 3)) if by_input else data_range
-        loss = loss_fn(varnet_reconstruct(net, k_u, mask), x, data_range=target_range)
+        loss = loss_fn(varnet_reconstruct(net, meas.k_u, meas.mask), x, data_range=target_range)
         optimizer_step(optimizer, loss)
         return {"ssim_loss": loss.item()}
 
     val = validation_set(inputs, val_slices, seed, masks_cfg, dev, "varnet")
-    validate = val and (lambda: reconstruction_metrics(lambda x_u, k_u, m: varnet_reconstruct(model, k_u, m), val,
+    validate = val and (lambda: reconstruction_metrics(lambda meas: varnet_reconstruct(model, meas.k_u, meas.mask), val,
                                                        hp["batch_size"]))
     history = trainer.run(step, validate, curve_path(out))
     save_weights(model, out, metadata={"method": "varnet", "seed": str(seed)})
@@ -89,4 +89,4 @@ def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):
     else:
         model = load_weights(build_varnet(hp), weights["model"])
     model = model.to(device).eval()
-    return lambda x_u, k_u, mask: varnet_reconstruct(model, k_u, mask)
+    return lambda meas: varnet_reconstruct(model, meas.k_u, meas.mask)

@@ -131,7 +131,8 @@ def parse_header(xml: str | bytes) -> dict[str, Any]:
     """Scanner and matrix facts of an ISMRMRD header.
 
     Returns field_strength_T (float), system_model, system_vendor (str, "unknown" when absent),
-    n_coils (int or None), encoded_shape and recon_shape ((x, y) ints).
+    n_coils (int or None), encoded_shape and recon_shape ((x, y) ints), pe_limits ((centre, maximum) of the
+    phase-encode lines, or None).
     Raises ValueError naming the element when systemFieldStrength_T or a matrix size is missing.
     """
     if isinstance(xml, (bytes, bytearray)):
@@ -147,6 +148,8 @@ def parse_header(xml: str | bytes) -> dict[str, Any]:
     except ValueError:
         raise ValueError(f"ISMRMRD header: systemFieldStrength_T is '{field}', not a number") from None
     channels = _text(root, "acquisitionSystemInformation/receiverChannels", required=False)
+    limits = "encoding/encodingLimits/kspace_encoding_step_1"
+    centre, maximum = (_text(root, f"{limits}/{key}", required=False) for key in ("center", "maximum"))
     return {
         "field_strength_T": field_strength,
         "system_model": _text(root, "acquisitionSystemInformation/systemModel", required=False) or "unknown",
@@ -154,4 +157,18 @@ def parse_header(xml: str | bytes) -> dict[str, Any]:
         "n_coils": int(channels) if channels is not None else None,
         "encoded_shape": _shape(root, "encodedSpace"),
         "recon_shape": _shape(root, "reconSpace"),
+        # the phase-encode lines acquired: (centre, maximum) of kspace_encoding_step_1, None when absent
+        "pe_limits": (int(centre), int(maximum)) if centre is not None and maximum is not None else None,
     }
+
+
+def acquired_columns(header: dict[str, Any], width: int) -> tuple[int, int]:
+    """[left, right) of the phase-encode columns of a width-W raw k-space that hold acquired lines, as fastMRI's
+    SliceDataset computes its padding: left = encoded y // 2 − centre, right = left + maximum + 1. Columns outside
+    are zero padding (partial Fourier, or a matrix padded to a round size): never sampled by any mask. Without the
+    encoding limits, every column."""
+    if header.get("pe_limits") is None:
+        return 0, width
+    centre, maximum = header["pe_limits"]
+    left = header["encoded_shape"][1] // 2 - centre
+    return max(left, 0), min(left + maximum + 1, width)

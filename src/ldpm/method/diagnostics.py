@@ -31,7 +31,7 @@ from ldpm.io import read_images, read_recon, read_table
 from ldpm.method.reconstruct import build_ldpm, load_ldpm_models
 from ldpm.models.latent import decode, encode
 from ldpm.models.swinir import sketcher
-from ldpm.physics import clip_output, input_scale, undersample
+from ldpm.physics import clip_output, input_scale, measure
 from ldpm.sampling.dual_stage import kspace_loss
 from ldpm.train import resolve_device
 
@@ -59,14 +59,14 @@ def diagnostic_images(gt: np.ndarray, masks: torch.Tensor, weights: dict[str, st
     for start in range(0, len(gt), batch_size):
         sl = slice(start, start + batch_size)
         x, mask = torch.from_numpy(gt[sl])[:, None].to(dev), masks[sl].to(dev)
-        k_u, x_u = undersample(x, mask)
-        s = input_scale(x_u, normalise)
+        meas = measure(x, mask)
+        s = input_scale(meas.x_u, normalise)
         if s is not None:
-            x, k_u, x_u = x / s, k_u / s, x_u / s
-        c = sketcher(x_u, k_u, mask, models.net)
-        images = {"zero_filled": x_u, "sketch": c, "vae_sketch": decode(vae, encode(vae, c)),
+            x, meas = x / s, meas.scaled(s)
+        c = sketcher(meas, models.net)
+        images = {"zero_filled": meas.x_u, "sketch": c, "vae_sketch": decode(vae, encode(vae, c)),
                   "vae_gt": decode(vae, encode(vae, x))}
-        images |= {row: run(x_u, k_u, mask, sketch=c, **kwargs) for row, (run, kwargs) in runners.items()}
+        images |= {row: run(meas, sketch=c, **kwargs) for row, (run, kwargs) in runners.items()}
         for row, image in images.items():
             out[row][sl] = clip_output(image.float() if s is None else image.float() * s)[:, 0].cpu().numpy()
     return out
@@ -75,8 +75,7 @@ def diagnostic_images(gt: np.ndarray, masks: torch.Tensor, weights: dict[str, st
 def mean_delta(gt: np.ndarray, pred: np.ndarray, masks: torch.Tensor) -> np.ndarray:
     """δ of eq. 10 per slice (mean over the sampled entries), k_u = F(gt)·M."""
     mask = masks[:, 0][:, None]
-    k_u, _ = undersample(torch.from_numpy(gt)[:, None], mask)
-    return kspace_loss(torch.from_numpy(pred)[:, None], k_u, mask, "mean").numpy()
+    return kspace_loss(torch.from_numpy(pred)[:, None], measure(torch.from_numpy(gt)[:, None], mask), "mean").numpy()
 
 
 QUANTITIES = {"psnr": ("PSNR", ".2f"), "ssim": ("SSIM", ".4f"), "delta": ("δ", "#.3g")}  # md / tex: name, format

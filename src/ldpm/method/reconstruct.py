@@ -33,7 +33,7 @@ from ldpm.io import stable_seed
 from ldpm.method.components import load_mrcn, load_sketcher, load_vae, pretrained_vae, repair
 from ldpm.models.latent import encode
 from ldpm.models.swinir import sketcher
-from ldpm.physics import data_consistency
+from ldpm.physics import Measurement
 from ldpm.sampling.dual_stage import dual_stage_sample
 from ldpm.tuning import chosen
 
@@ -68,7 +68,7 @@ def load_ldpm_models(weights: dict[str, Path], hp: dict, device: torch.device, *
 def build_ldpm(weights: dict[str, Path], hp: dict, device: torch.device, *, mr_vae: bool = True,
                use_skm: bool = True, use_dss: bool = True, n_samples: int = 1, final_dc: bool = False,
                sampler: dict | None = None, models: LdpmModels | None = None):
-    """A reconstructor; `run(x_u, k_u, mask, condition="real", use_guidance=None, sketch=None)` also serves the
+    """A reconstructor; `run(measurement, condition="real", use_guidance=None, sketch=None)` also serves the
     diagnostics: condition "zero" samples with c_latent = 0 and "shuffle" with another image's, use_guidance=False
     switches the t ≤ p stage off, and `sketch` is a c = |DC(R(x_u))| computed already (the paper SwinIR's forward
     pass costs more than the rest of a 2-step LDPM sample). `models`: networks loaded already (`load_ldpm_models`
@@ -81,9 +81,9 @@ def build_ldpm(weights: dict[str, Path], hp: dict, device: torch.device, *, mr_v
     s = sampler or sampler_settings(weights, hp)
     batches = itertools.count()
 
-    def run(x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, condition: str = "real",
-            use_guidance: bool | None = None, sketch: torch.Tensor | None = None) -> torch.Tensor:
-        c_latent = encode(vae, sketcher(x_u, k_u, mask, net) if sketch is None else sketch)
+    def run(meas: Measurement, condition: str = "real", use_guidance: bool | None = None,
+            sketch: torch.Tensor | None = None) -> torch.Tensor:
+        c_latent = encode(vae, sketcher(meas, net) if sketch is None else sketch)
         if condition == "zero":
             c_latent = torch.zeros_like(c_latent)
         elif condition == "shuffle":  # each image gets the next image's condition
@@ -92,7 +92,7 @@ def build_ldpm(weights: dict[str, Path], hp: dict, device: torch.device, *, mr_v
         images = []
         for _ in range(n_samples):
             z_T = torch.randn(c_latent.shape, generator=generator).to(device)
-            result = dual_stage_sample(lambda z, t: model(z, t, c_latent, prompt), z_T, k_u, mask, vae=vae,
+            result = dual_stage_sample(lambda z, t: model(z, t, c_latent, prompt), z_T, meas, vae=vae,
                                        num_steps=s["num_steps"], p=s["p"], guidance_scale=s["guidance_scale"],
                                        guidance_convention=s["guidance_convention"],
                                        guidance_norm=s["guidance_norm"], step_form=s["step_form"], use_dc=use_dss,
@@ -100,7 +100,7 @@ def build_ldpm(weights: dict[str, Path], hp: dict, device: torch.device, *, mr_v
                                        generator=generator, progress=False)
             images.append(result.image)
         image = torch.stack(images).mean(0)
-        return data_consistency(image, k_u, mask).abs() if final_dc else image
+        return meas.data_consistency(image).abs() if final_dc else image
 
     log.info("LDPM (%s VAE, %s, %s%s%s): %s", "MR" if mr_vae else "natural-image", "SkM" if use_skm else "no SkM",
              "DSS" if use_dss else "plain DDPM", f", mean of {n_samples} samples" if n_samples > 1 else "",

@@ -188,8 +188,8 @@ def train_sketcher(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict
     ddp_net = data_parallel(net)
 
     def step(i: int) -> dict[str, float]:
-        x, _, _, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
-        loss = F.l1_loss(repair(ddp_net, x_u), x)
+        x, meas = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
+        loss = F.l1_loss(repair(ddp_net, meas.x_u), x)
         optimizer_step(optimizer, loss)
         return {"l1": loss.item()}
 
@@ -321,10 +321,10 @@ def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, ma
     eps_model = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
-        x, mask, k_u, x_u = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
+        x, meas = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
         g = noise_generator(seed, i)
         with torch.no_grad():
-            c_latent = encode(vae, sketcher(x_u, k_u, mask, net)).repeat(draws, 1, 1, 1)
+            c_latent = encode(vae, sketcher(meas, net)).repeat(draws, 1, 1, 1)
             z0 = encode_sample(vae, x.repeat(draws, 1, 1, 1), g)
         loss = training_loss(eps_model, z0, c_latent, prompt, scheduler, generator=g)
         optimizer_step(optimizer, loss)
@@ -335,7 +335,7 @@ def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, ma
         g = torch.Generator().manual_seed(stable_seed(seed, "val", "z0"))
         with torch.no_grad():
             chunks = list(val.chunks(cfg["batch_size"]))
-            c_val = torch.cat([encode(vae, sketcher(x_u, k_u, mask, net)) for _, mask, k_u, x_u in chunks])
+            c_val = torch.cat([encode(vae, sketcher(meas, net)) for _, meas in chunks])
             z0_val = torch.cat([encode_sample(vae, x, g) for x, *_ in chunks])
         t_val, noise_val = fixed_noise(z0_val, seed, scheduler.config.num_train_timesteps)
 

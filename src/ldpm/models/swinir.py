@@ -14,7 +14,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from torch.utils.checkpoint import checkpoint
 from torch import nn
 
-from ldpm.physics import data_consistency
+from ldpm.physics import Measurement
 
 # "paper": SwinMR nPI / SwinIR restoration size; "tiny": the embedded CPU default.
 # grad_checkpoint (memory only, same numbers): in training, each Swin block's activations are recomputed in the
@@ -113,6 +113,6 @@ def build_swinir(name_or_cfg: str | dict = "tiny", **overrides) -> SwinIR:
     return SwinIR(**(cfg | overrides))
 
 
-def sketcher(x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, net: nn.Module) -> torch.Tensor:
-    """Eqs. 2–3: the condition image c = |DC(R(x_u), k_u, M)|, a (B, 1, H, W) magnitude."""
-    return data_consistency(net(x_u), k_u, mask).abs()
+def sketcher(meas: Measurement, net: nn.Module) -> torch.Tensor:
+    """Eqs. 2–3: the condition image c = |DC(R(x_u), k_u, M)| through the measurement operator, (B, 1, H, W)."""
+    return meas.data_consistency(net(meas.x_u)).abs()

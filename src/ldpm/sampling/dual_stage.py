@@ -52,7 +52,7 @@ from diffusers import DDPMScheduler
 from tqdm import tqdm
 
 from ldpm.models.latent import decode, encode, sd_noise_scheduler
-from ldpm.physics import data_consistency, kspace_residual
+from ldpm.physics import Measurement
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z_t, t as (B,) long) -> ε
 
@@ -108,31 +108,31 @@ class SampleResult(NamedTuple):
     image: torch.Tensor | None  # (B, 1, H, W) in [0, 1]; None when no VAE was given
 
 
-def kspace_loss(x: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, norm: str = "mean") -> torch.Tensor:
-    """Eq. 10 per image, shape (B,): ‖(F(x) − k_u)·M‖², summed ("sum") or averaged over sampled entries ("mean")."""
-    r = kspace_residual(x, k_u, mask).flatten(1).sum(1)
+def kspace_loss(x: torch.Tensor, meas: Measurement, norm: str = "mean") -> torch.Tensor:
+    """Eq. 10 per image, shape (B,): ‖A(x) − k_u‖² over coils (‖(F(x) − k_u)·M‖² under magnitude), summed ("sum")
+    or averaged over the sampled entries of every coil ("mean")."""
+    r = meas.residual(x).flatten(1).sum(1)
     if norm == "sum":
         return r
     if norm == "mean":
-        n_sampled = torch.broadcast_to(mask, x.shape).flatten(1).sum(1).clamp_min(1)
-        return r / n_sampled
+        return r / meas.n_sampled()
     raise ValueError(f"guidance_norm must be 'sum' or 'mean', got {norm!r}")
 
 
 @torch.no_grad()
-def latent_dc(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae) -> torch.Tensor:
-    """Eq. 9: ẑ0' = E(|DC(D(ẑ0), k_u, M)|), re-encoded with the posterior mode."""
-    return encode(vae, data_consistency(decode(vae, z0), k_u, mask).abs())
+def latent_dc(z0: torch.Tensor, meas: Measurement, vae) -> torch.Tensor:
+    """Eq. 9: ẑ0' = E(|DC(D(ẑ0), k_u, M)|) through the measurement operator, re-encoded with the posterior mode."""
+    return encode(vae, meas.data_consistency(decode(vae, z0)).abs())
 
 
-def guidance_step(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae, step: float,
+def guidance_step(z0: torch.Tensor, meas: Measurement, vae, step: float,
                   norm: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 11: ẑ0' = ẑ0 − step·∇_ẑ0 δ with δ of eq. 10 through the decoder (`step` from `guidance_step_size`).
     Returns (ẑ0', δ per image before the step). Always fp32, autocast off: the gradient is the update itself, and
     bf16's 8-bit mantissa would round it (on CUDA the reconstruct stage samples under bf16 autocast)."""
     z = z0.detach().float().requires_grad_(True)
     with torch.enable_grad(), torch.autocast(device_type=z.device.type, enabled=False):
-        delta = kspace_loss(decode(vae, z), k_u, mask, norm)
+        delta = kspace_loss(decode(vae, z), meas, norm)
         (grad,) = torch.autograd.grad(delta.sum(), z)
     return (z0 - step * grad).detach(), delta.detach()
 
@@ -165,8 +165,7 @@ def _noise_like(z: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(z.shape, generator=generator, device=dev, dtype=z.dtype).to(z.device)
 
 
-def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, k_u: torch.Tensor | None = None,
-                      mask: torch.Tensor | None = None, *, vae=None, num_steps: int = 50, p: int = 200,
+def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, meas: Measurement | None = None, *, vae=None, num_steps: int = 50, p: int = 200,
                       guidance_scale: float = 0.1, guidance_convention: str = "diffbir",
                       guidance_norm: str = "mean", use_dc: bool = True, use_guidance: bool = True,
                       step_form: str = "eq12",
@@ -180,8 +179,8 @@ def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, k_u: torch.Tenso
     """
     if step_form not in ("posterior", "eq12"):
         raise ValueError(f"step_form must be 'posterior' or 'eq12', got {step_form!r}")
-    if (use_dc or use_guidance) and (vae is None or k_u is None or mask is None):
-        raise ValueError("DC and guidance need vae, k_u and mask")
+    if (use_dc or use_guidance) and (vae is None or meas is None):
+        raise ValueError("DC and guidance need vae and the measurement")
     g_step, g_norm = guidance_step_size(guidance_scale, guidance_convention, guidance_norm)
     sched = spaced_timesteps(1000 if alphas_cumprod is None else len(alphas_cumprod), num_steps, alphas_cumprod)
     z = _initial_latent(z_T, generator)
@@ -195,9 +194,9 @@ def dual_stage_sample(eps_fn: EpsFn, z_T: torch.Tensor | tuple, k_u: torch.Tenso
         z0 = predict_z0(z, eps, a)
         guidance = 0.0  # Δ, passed to z_{t−1} whole (module docstring)
         if t > p and use_dc:
-            z0 = latent_dc(z0, k_u, mask, vae)
+            z0 = latent_dc(z0, meas, vae)
         elif t <= p and use_guidance:
-            guidance = guidance_step(z0, k_u, mask, vae, g_step, g_norm)[0] - z0
+            guidance = guidance_step(z0, meas, vae, g_step, g_norm)[0] - z0
         if step_form == "posterior":
             z = posterior_mean(z0, z, a, a_prev, beta) + guidance
         else:
