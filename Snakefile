@@ -30,6 +30,7 @@ report: "workflow/report/workflow.rst"
 
 # File names are built from these wildcards; the constraints keep "{mask}_af{af}" and "{method}" unambiguous.
 wildcard_constraints:
+    measurement="magnitude|multicoil",
     mask="random|equispaced",
     af="[0-9]+",
     method="[a-z0-9_]+",
@@ -47,12 +48,13 @@ include: "workflow/rules/report.smk"
 
 
 # Cheap rules run on the submit host when a cluster executor is used (profiles/slurm).
-localrules: all, masks, tables, figure2, forest_plot, stats, audit, html_report
+localrules: all, masks, tables, figure2, forest_plot, stats, audit, protocol_gap, html_report
 
 
 rule all:
     input:
-        expand("results/tables/{table}_{mask}_af{af}.{ext}", table=["table1", "table3"],
-               mask=MASK_TYPES, af=AFS, ext=["csv", "md", "tex"]),
-        expand("results/figures/fig2_{mask}_af{af}.png", mask=MASK_TYPES, af=AFS),
+        expand("results/tables/{table}_{measurement}_{mask}_af{af}.{ext}", table=["table1", "table3"],
+               measurement=MEASUREMENTS, mask=MASK_TYPES, af=AFS, ext=["csv", "md", "tex"]),
+        expand("results/figures/fig2_{measurement}_{mask}_af{af}.png", measurement=MEASUREMENTS, mask=MASK_TYPES,
+               af=AFS),
         TARGETS,

@@ -312,7 +312,7 @@ def test_official_weights_in_config_replace_training_and_a_missing_file_is_named
     torch.save(varnet.build_varnet(cfg["varnet"]).state_dict(), tmp_path / "weights/varnet_brain.pt")
     planned = snakemake(tmp_path, "-n", "-p")
     assert planned.returncode == 0, planned.stderr[-2000:]
-    assert "results/recon/varnet/seed0/random_af8.h5" in planned.stdout
+    assert "results/recon/varnet/seed0/magnitude_random_af8.h5" in planned.stdout
     assert "results/models/seed0/varnet" not in planned.stdout
     # Table I's footnotes say whose weights the row uses
     tables_cmd = next(line for line in planned.stdout.splitlines() if "ldpm tables" in line)

@@ -121,3 +121,30 @@ def test_reconstruct_gives_every_method_the_multicoil_measurement(tmp_path, monk
         reconstruct("spy", tmp_path / "test.h5", tmp_path / "test.csv", tmp_path / "masks.npz", tmp_path / "p.h5",
                     device="cpu", measurement="coils")
     assert not (tmp_path / "p.h5").exists()
+
+
+def test_training_under_multicoil_draws_the_same_masks_on_the_raw_coil_kspace(on_grid):
+    """A training batch under the multicoil measurement: the same slices and the same mask draws as the magnitude
+    batch of that step, the target the RSS of the coil images (≈ the stored slice), the measurement their masked
+    coil k-space; the validation set pairs the stored slices with their coil k-space."""
+    from ldpm.baselines import training_images, undersampled_batch, validation_set
+    from ldpm.io import read_images
+    from ldpm.train import EpochSampler
+
+    inputs = {"train": on_grid / "train.h5", "train_csv": on_grid / "train.csv", "index_brain": on_grid / "index.csv",
+              "val": on_grid / "val.h5", "val_csv": on_grid / "val.csv"}
+    magnitude = {"accelerations": [4], "center_fractions": [0.1]}
+    multicoil = magnitude | {"measurement": "multicoil", "crop_size": SIZE}
+    sampler = EpochSampler(len(read_images(on_grid / "train.h5")), 4, 0)
+    x_mag, meas_mag = undersampled_batch(training_images(inputs, magnitude), sampler, 2, 0, magnitude,
+                                         torch.device("cpu"))
+    source = training_images(inputs, multicoil)
+    x, meas = undersampled_batch(source, sampler, 2, 0, multicoil, torch.device("cpu"))
+    coils, _ = source[sampler.batch(2)]
+    assert meas.k_u.shape == coils.shape and coils.shape[1] == 3
+    assert torch.equal(meas.mask, meas_mag.mask)
+    torch.testing.assert_close(x, x_mag, rtol=0, atol=2e-6)
+    torch.testing.assert_close(meas.k_u, fft2(coils) * meas.mask)
+    val = validation_set(inputs, 3, 0, multicoil, torch.device("cpu"), "t")
+    assert val.meas.k_u.shape[1] == 3 and torch.equal(val.x, validation_set(inputs, 3, 0, magnitude,
+                                                                             torch.device("cpu"), "t").x)

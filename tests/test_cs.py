@@ -127,7 +127,7 @@ def test_tuning_keeps_the_lambda_with_the_best_validation_psnr(tmp_path, monkeyp
 
     from ldpm import tuning
 
-    x, masks, _ = tuning.validation_batch(tmp_path / "val.h5", tmp_path / "val.csv", 6, 4, 0.08, 0)
+    x, masks, _, _ = tuning.validation_batch(tmp_path / "val.h5", tmp_path / "val.csv", 6, 4, 0.08, 0)
     from ldpm.physics import undersample
 
     k_u, _ = undersample(x, masks)

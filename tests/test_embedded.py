@@ -14,7 +14,7 @@ from fastmri.data.transforms import center_crop, to_tensor
 
 from ldpm.data.embedded import (ACQUISITIONS, CLASSES, FIELD_STRENGTHS_T, Subject, generate_dataset, protocol_for,
                                 tissue_signals)
-from ldpm.data.ismrmrd import build_header, parse_header
+from ldpm.data.ismrmrd import acquired_columns, build_header, parse_header
 
 GEN = dict(n_subjects=3, volumes_per_subject=2, slices_per_volume=2, n_coils=3, matrix=64, ood_subjects=2)
 
@@ -47,7 +47,9 @@ def test_header_round_trip():
     assert 'xmlns="http://www.ismrm.org/ISMRMRD"' in xml
     for parsed in (parse_header(xml), parse_header(xml.encode())):
         assert parsed == {"field_strength_T": 2.89362, "system_model": "Prisma_fit", "system_vendor": "SIEMENS",
-                          "n_coils": 16, "encoded_shape": (640, 320), "recon_shape": (320, 320)}
+                          "n_coils": 16, "encoded_shape": (640, 320), "recon_shape": (320, 320),
+                          "pe_limits": (160, 319)}
+        assert acquired_columns(parsed, 320) == (0, 320)  # fastMRI's padding_left 0, padding_right 320
 
 
 def test_header_has_what_fastmri_reads():

@@ -393,7 +393,7 @@ def test_every_stage_writes_a_record_and_audit_follows_the_chain(tmp_path, monke
     assert main(["tables", "--metrics", "m/v.csv", "--methods", '["zero_filled"]', "--test-splits",
                  '{"all": {"dataset": "brain"}}', "--main-split", "all", "--acceleration", "4",
                  "--recon", "zf.h5", "--out-dir", "tables"]) == 0
-    cost = pd.read_csv(tmp_path / "tables" / "compute_random_af4.csv", index_col=0)
+    cost = pd.read_csv(tmp_path / "tables" / "compute_magnitude_random_af4.csv", index_col=0)
     assert list(cost.index) == ["Zero-Filled"] and cost.loc["Zero-Filled", "device"] == "cpu"
     assert cost.loc["Zero-Filled", "GFLOPs/slice"] == 0 and cost.loc["Zero-Filled", "peak RSS (GiB)"] > 0.1
     from ldpm.provenance import record_path
@@ -407,18 +407,18 @@ def test_every_stage_writes_a_record_and_audit_follows_the_chain(tmp_path, monke
     inputs = {i["path"]: i["sha256"] for i in rec["inputs"]}
     assert inputs == {p: sha256_file(p) for p in ["test.h5", "test.csv", "af4.npz"]}
     assert rec["sha256"] == sha256_file("zf.h5")
-    for out in ["tables/table1_random_af4.csv", "tables/table1_random_af4.md", "tables/table3_random_af4.tex",
+    for out in ["tables/table1_magnitude_random_af4.csv", "tables/table1_magnitude_random_af4.md", "tables/table3_magnitude_random_af4.tex",
                 "m/s.csv"]:
         assert record_path(out).exists(), out
 
-    assert main(["audit", "tables/table1_random_af4.csv"]) == 0
+    assert main(["audit", "tables/table1_magnitude_random_af4.csv"]) == 0
     text = capsys.readouterr().out
-    order = [text.index(s) for s in ["tables/table1_random_af4.csv", "m/v.csv", "test.h5", "zf.h5", "af4.npz"]]
+    order = [text.index(s) for s in ["tables/table1_magnitude_random_af4.csv", "m/v.csv", "test.h5", "zf.h5", "af4.npz"]]
     assert order == sorted(order) and "CHANGED" not in text and "ldpm reconstruct" in text
     # a changed input shows up in the chain
     with h5py.File("zf.h5", "a") as fh:
         fh["recon"][0] += 1
-    assert main(["audit", "tables/table1_random_af4.csv"]) == 0
+    assert main(["audit", "tables/table1_magnitude_random_af4.csv"]) == 0
     assert "zf.h5  [CHANGED (recorded" in capsys.readouterr().out
     assert main(["audit", "nothing.csv"]) == 2
 

@@ -85,8 +85,8 @@ def test_kill_9_during_sampling_reruns_only_the_sampling(tmp_path):
 
     cfg = small_config()
     cfg["score_mri"]["n_steps"] = 400  # long enough to be caught mid-sampling
-    target = "results/recon/score_mri/seed0/random_af8.h5"
-    kill_9_and_rerun(tmp_path, cfg, target, tmp_path / "results/logs/reconstruct_score_mri_seed0_random_af8.log",
+    target = "results/recon/score_mri/seed0/magnitude_random_af8.h5"
+    kill_9_and_rerun(tmp_path, cfg, target, tmp_path / "results/logs/reconstruct_score_mri_seed0_magnitude_random_af8.log",
                      finished_before=tmp_path / "results/models/seed0/score_mri.safetensors")
     assert not list((tmp_path / "results/recon/score_mri/seed0").glob(".*.partial")), "a partial file was left behind"
     with h5py.File(tmp_path / target) as fh:

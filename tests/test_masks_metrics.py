@@ -123,11 +123,11 @@ def test_table3_new_config_split_is_a_new_column_through_the_cli(tmp_path):
         assert main(["tables", "--metrics", str(tmp_path / "v.csv"), "--methods", json.dumps(config["methods"]),
                      "--test-splits", json.dumps(config["test_splits"]), "--main-split", config["main_split"],
                      "--acceleration", "8", "--out-dir", str(out)]) == 0
-        columns[len(extra)] = list(pd.read_csv(out / "table3_random_af8.csv", index_col=0).columns)
+        columns[len(extra)] = list(pd.read_csv(out / "table3_magnitude_random_af8.csv", index_col=0).columns)
         for fmt in ["md", "tex"]:
-            assert ("Skyra p1" in (out / f"table3_random_af8.{fmt}").read_text()) == bool(extra)
+            assert ("Skyra p1" in (out / f"table3_magnitude_random_af8.{fmt}").read_text()) == bool(extra)
     assert columns == {0: ["all", "T1"], 1: ["all", "T1", "Skyra p1"]}
-    t3 = pd.read_csv(tmp_path / "tables1" / "table3_random_af8.csv", index_col=0)
+    t3 = pd.read_csv(tmp_path / "tables1" / "table3_magnitude_random_af8.csv", index_col=0)
     assert t3.loc["U-Net", "Skyra p1"] == pytest.approx(pd.read_csv(tmp_path / "v.csv").psnr.iloc[1])
 
 

@@ -17,29 +17,29 @@ from ldpm.evaluate.tables import METHOD_LABELS
 
 def test_snakefile_end_to_end(finished_run):
     tmp_path = finished_run
-    table = pd.read_csv(tmp_path / "results/tables/table1_random_af8.csv", index_col=0)
+    table = pd.read_csv(tmp_path / "results/tables/table1_magnitude_random_af8.csv", index_col=0)
     assert list(table.index) == [METHOD_LABELS[m] for m in small_config()["methods"]]
     assert table[["PSNR", "SSIM", "NMSE"]].notna().all().all()
     # the image-to-image baselines beat the zero-filled input they start from, on the main split (the samplers run
     # 3 steps here, too few to be held to it; the default pipeline's numbers are in the README)
     regression = [METHOD_LABELS[m] for m in ("unet", "varnet", "swinmr")]
     assert (table.loc[regression, "PSNR"] > table.loc[METHOD_LABELS["zero_filled"], "PSNR"]).all(), table["PSNR"]
-    table3 = pd.read_csv(tmp_path / "results/tables/table3_random_af8.csv", index_col=0)
+    table3 = pd.read_csv(tmp_path / "results/tables/table3_magnitude_random_af8.csv", index_col=0)
     assert list(table3.columns) == ["all", "3T", "OOD"]
     assert (tmp_path / "results/logs/train_unet_seed0.log").read_text().count("unet step") >= 1
     # no backbone weights in weights/ or the hub cache: perceptual cells read n/a, with the footnote saying why
     assert table[["LPIPS", "rFID", "KID"]].isna().all().all()
-    md = (tmp_path / "results/tables/table1_random_af8.md").read_text()
+    md = (tmp_path / "results/tables/table1_magnitude_random_af8.md").read_text()
     assert "| n/a     | n/a    | n/a   |" in md and "alexnet-owt-7be5be79.pth not found" in md
     # every table, figure, checkpoint, model and reconstruction has a provenance record; audit reaches raw files
-    for out in ["tables/table1_random_af8.csv", "tables/table3_random_af8.md", "tables/stats_random_af8.csv",
-                "figures/fig2_random_af8.png", "recon/unet/seed0/random_af8.h5", "models/seed0/unet.safetensors",
+    for out in ["tables/table1_magnitude_random_af8.csv", "tables/table3_magnitude_random_af8.md", "tables/stats_magnitude_random_af8.csv",
+                "figures/fig2_magnitude_random_af8.png", "recon/unet/seed0/magnitude_random_af8.h5", "models/seed0/unet.safetensors",
                 "checkpoints/seed0/unet/last.pt", "data/test.h5"]:
         record = json.loads((tmp_path / f"results/provenance/records/{out}.json").read_text())
         assert record["config_sha256"] and record["git"]["commit"] and record["inputs"], out
         assert record["code_version"] or out.startswith("data/"), out
     assert not list((tmp_path / "results").rglob("*.prov.json"))  # records are kept out of the output folders
-    audit = (tmp_path / "results/provenance/audit_random_af8.txt").read_text()
+    audit = (tmp_path / "results/provenance/audit_magnitude_random_af8.txt").read_text()
     assert "results/data/index/brain.csv" in audit and "results/raw/embedded/brain/" in audit and "CHANGED" not in audit
     assert (tmp_path / "results/tables/table2_random_af8.csv").exists()
     assert (tmp_path / "results/figures/fig3.png").exists()
@@ -50,7 +50,7 @@ def test_snakefile_end_to_end(finished_run):
     assert page.count("data:image/png") == 3 + len(curves)  # Fig 2, Fig 3, the forest plot, the curves
     # every output stays under results/ (besides the config, Snakemake's own state and the empty hub cache)
     assert {p.name for p in tmp_path.iterdir()} <= {"config.yaml", ".snakemake", "torch_home", "results"}
-    cost = pd.read_csv(tmp_path / "results/tables/compute_random_af8.csv", index_col=0)
+    cost = pd.read_csv(tmp_path / "results/tables/compute_magnitude_random_af8.csv", index_col=0)
     assert list(cost.index) == list(table.index) and (cost.loc["LDPM (Ours)", "GFLOPs/slice"] > 0)
     report = snakemake(tmp_path, "--report", "results/snakemake_report.html")
     assert report.returncode == 0 and (tmp_path / "results/snakemake_report.html").stat().st_size > 100_000, \

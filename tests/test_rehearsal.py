@@ -34,7 +34,7 @@ CPU_KEYS = {
 # ... and configs/rehearsal-official.yaml on top of either (the official-weight rows, in their own working directory).
 OFFICIAL_KEYS = {"data.datasets.heldout.role", "data.datasets.heldout.paths", "data.split.test_fraction",
                  "masks.types", "unet.official", "varnet.official"}
-OFFICIAL_TARGETS = [f"results/metrics/{m}/seed0/equispaced_af8_volumes.csv" for m in ("unet", "varnet")]
+OFFICIAL_TARGETS = [f"results/metrics/{m}/seed0/magnitude_equispaced_af8_volumes.csv" for m in ("unet", "varnet")]
 STAND_IN_DIRS = ["rehearsal/brain", "rehearsal/brain_heldout", "rehearsal/knee", "rehearsal/stable-diffusion-2-1-base",
                  "rehearsal/weights"]
 
@@ -301,7 +301,7 @@ def test_cpu_layer_trains_and_samples_the_retrained_ablations(tmp_path):
     for model in ("ldpm_mrcn", "ldpm_mrcn_no_mrvae", "ldpm_mrcn_no_skm"):
         assert f"results/models/seed0/{model}.safetensors" in out, model
     for method in ("ldpm", "ldpm_no_mrvae", "ldpm_no_skm"):
-        assert f"results/recon/{method}/seed0/random_af8.h5" in out, method
+        assert f"results/recon/{method}/seed0/magnitude_random_af8.h5" in out, method
     assert "results/recon/ldpm_no_dss/" not in out
     # every model the CPU rehearsal trains has its measured peak memory on record (what profiles/slurm is sized by)
     import re
@@ -356,10 +356,10 @@ def test_paper_path_rehearsal_runs_to_the_report_on_cpu(tmp_path):
     assert time.time() - t0 < REHEARSAL_BOUND_S
     paper, official = tmp_path / "paper/results", tmp_path / "official/results"
     assert (paper / "report.html").is_file()
-    assert "nothing in this table is a result" in (paper / "tables/table1_random_af8.md").read_text()
+    assert "nothing in this table is a result" in (paper / "tables/table1_magnitude_random_af8.md").read_text()
     assert "nothing in this report is a result" in (paper / "report.html").read_text()
     for model in ("ldpm_mrcn", "ldpm_mrcn_no_mrvae", "ldpm_mrcn_no_skm"):  # the retrained ablations' MRCNs too
         assert (paper / f"benchmarks/train_{model}_seed0.tsv").is_file(), model
     for method in ("unet", "varnet"):  # the official rows: scored on the held-out subject, never trained here
-        assert (official / f"metrics/{method}/seed0/equispaced_af8_volumes.csv").is_file()
+        assert (official / f"metrics/{method}/seed0/magnitude_equispaced_af8_volumes.csv").is_file()
         assert not (official / f"models/seed0/{method}.safetensors").exists()

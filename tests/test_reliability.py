@@ -124,6 +124,13 @@ def default_config() -> dict:
     (lambda c: c.update(methods=["zero_filled", "cs_l1"]), "config key methods: unknown method 'cs_l1'"),
     (lambda c: c.update(main_split="Skyra"), "config key main_split"),
     (lambda c: c.update(device="cpu; touch PWNED"), "config key device"),
+    (lambda c: c.update(measurements=["magnitude", "coils"]), "config key measurements"),
+    (lambda c: c.update(measurements=["multicoil"]) or c["data"].update(crop_size=128),
+     "config key data.crop_size: 128 but data.image_size is 64; the multicoil measurement"),
+    (lambda c: c.update(measurements=["multicoil"]) or c["data"]["datasets"].update(
+        mine={"role": "test", "paths": ["mine"], "crop_size": 320}), "config key data.datasets.mine.crop_size: 320"),
+    (lambda c: c.update(measurements=["multicoil"]) or c["masks"]["center_fractions"].update({8: 0.01}),
+     "config key masks.center_fractions: 0.01 keeps 1 centre column(s) of 64"),
 ])
 def test_bad_config_is_named(edit, key):
     cfg = copy.deepcopy(default_config())
@@ -191,7 +198,7 @@ def test_empty_split_after_filtering(capsys, tmp_path):
     line = run_cli(capsys, "tables", "--metrics", str(csv), "--methods", '["zero_filled"]', "--test-splits",
                    json.dumps(splits), "--main-split", "all", "--acceleration", "8", "--out-dir", str(tmp_path / "t"))
     assert "config key test_splits.Skyra15" in line and "selects no test volume" in line
-    assert not (tmp_path / "t" / "table3_random_af8.csv").exists()
+    assert not (tmp_path / "t" / "table3_magnitude_random_af8.csv").exists()
 
 
 def test_config_strings_reach_the_shell_as_single_arguments(tmp_path):

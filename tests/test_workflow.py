@@ -20,7 +20,7 @@ def test_mask_type_is_a_wildcard_beside_af(tmp_path):
     out = plan(tmp_path, cfg)
     for mask in ("random", "equispaced"):
         for path in (f"results/masks/{mask}_af8.npz", f"results/masks/{mask}_af8.csv",
-                     f"results/recon/unet/seed0/{mask}_af8.h5", f"results/tables/table1_{mask}_af8.csv"):
+                     f"results/recon/unet/seed0/magnitude_{mask}_af8.h5", f"results/tables/table1_magnitude_{mask}_af8.csv"):
             assert path in out, path
         assert f"--mask-type {mask} --acceleration 8" in out
     assert out.count("ldpm train unet") == 1
@@ -34,12 +34,12 @@ def test_training_seeds_are_a_wildcard_and_the_tables_read_every_seed(tmp_path):
     for seed in (0, 3):
         assert f"results/models/seed{seed}/unet.safetensors" in out
         assert f"--seed {seed} --device" in out
-        assert f"results/recon/unet/seed{seed}/random_af8.h5" in out
+        assert f"results/recon/unet/seed{seed}/magnitude_random_af8.h5" in out
     tables = next(line for line in out.splitlines() if "ldpm tables " in line)
     stats = next(line for line in out.splitlines() if "ldpm stats " in line)
     for seed in (0, 3):
-        assert f"results/metrics/unet/seed{seed}/random_af8_volumes.csv" in tables
-        assert f"results/metrics/unet/seed{seed}/random_af8_volumes.csv" in stats
+        assert f"results/metrics/unet/seed{seed}/magnitude_random_af8_volumes.csv" in tables
+        assert f"results/metrics/unet/seed{seed}/magnitude_random_af8_volumes.csv" in stats
     figure2 = next(line for line in out.splitlines() if "ldpm figure2 " in line)
     assert "seed0" in figure2 and "seed3" not in figure2
     assert out.count("ldpm masks ") == 1 and out.count("ldpm train unet") == 2
@@ -49,7 +49,7 @@ def test_ablations_sample_with_the_full_models_tuned_settings(tmp_path):
     """Table II's rows inherit LDPM's validation-tuned sampler settings (its caption says so): every LDPM-family
     reconstruction reads the one tuning file of its protocol, and no ablation is tuned on its own."""
     out = plan(tmp_path, small_config())
-    tuned = "results/ldpm/seed0/sampler_random_af8.json"
+    tuned = "results/ldpm/seed0/sampler_magnitude_random_af8.json"
     for method in ("ldpm", "ldpm_no_mrvae", "ldpm_no_skm", "ldpm_no_dss"):
         line = next(line for line in out.splitlines() if f"ldpm reconstruct {method} " in line)
         assert tuned in line, method
@@ -137,26 +137,26 @@ def test_a_code_change_reruns_the_jobs_that_run_that_code_and_no_other(finished_
     and reconstruction and what reads them, and no LDPM or other baseline job."""
     planned = planned_outputs(finished_run, env=edited_src(tmp_path, "sampling/dual_stage.py"))
     for method in ("ldpm", "ldpm_no_mrvae", "ldpm_no_skm", "ldpm_no_dss", "ldpm_final_dc", "ldpm_mean_k"):
-        assert f"results/recon/{method}/seed0/random_af8.h5" in planned, method
-    assert {"results/ldpm/seed0/sampler_random_af8.json", "results/tables/ldpm_diagnostics_random_af8.csv",
-            "results/tables/table1_random_af8.csv"} <= planned
+        assert f"results/recon/{method}/seed0/magnitude_random_af8.h5" in planned, method
+    assert {"results/ldpm/seed0/sampler_magnitude_random_af8.json", "results/tables/ldpm_diagnostics_random_af8.csv",
+            "results/tables/table1_magnitude_random_af8.csv"} <= planned
     for method in ("zero_filled", *TRAINED_ELSEWHERE):
-        assert f"results/recon/{method}/seed0/random_af8.h5" not in planned, method
-        assert f"results/metrics/{method}/seed0/random_af8_volumes.csv" not in planned, method
+        assert f"results/recon/{method}/seed0/magnitude_random_af8.h5" not in planned, method
+        assert f"results/metrics/{method}/seed0/magnitude_random_af8_volumes.csv" not in planned, method
     assert not [p for p in planned if p.startswith(("results/models/", "results/figures/training/", "results/data/"))]
 
     planned = planned_outputs(finished_run, env=edited_src(tmp_path, "baselines/score_mri.py"))
-    assert {"results/models/seed0/score_mri.safetensors", "results/recon/score_mri/seed0/random_af8.h5",
-            "results/metrics/score_mri/seed0/random_af8_volumes.csv", "results/tables/table1_random_af8.csv"} <= planned
+    assert {"results/models/seed0/score_mri.safetensors", "results/recon/score_mri/seed0/magnitude_random_af8.h5",
+            "results/metrics/score_mri/seed0/magnitude_random_af8_volumes.csv", "results/tables/table1_magnitude_random_af8.csv"} <= planned
     others = [p for p in planned if "score_mri" not in p and p.startswith(
         ("results/models/", "results/recon/", "results/metrics/", "results/ldpm/", "results/figures/training/"))]
-    assert others == ["results/metrics/perceptual/seed0/random_af8.csv"]  # LPIPS/rFID over every method
+    assert others == ["results/metrics/perceptual/seed0/magnitude_random_af8.csv"]  # LPIPS/rFID over every method
     assert not [p for p in planned if "ldpm" in p or "table2" in p or "fig3" in p]
 
     # shared code still counts for every job: ldpm.reconstruct reruns every method's sampling, no training
     planned = planned_outputs(finished_run, env=edited_src(tmp_path, "reconstruct.py"))
     for method in ("zero_filled", "ldpm", *TRAINED_ELSEWHERE):
-        assert f"results/recon/{method}/seed0/random_af8.h5" in planned, method
+        assert f"results/recon/{method}/seed0/magnitude_random_af8.h5" in planned, method
     assert not [p for p in planned if p.startswith("results/models/")]
 
 
@@ -186,8 +186,8 @@ def test_a_test_folder_added_with_the_readme_recipe_retrains_nothing(finished_ru
         planned = planned_outputs(finished_run, *argv[1:], cwd=finished_run)
     finally:
         (finished_run / "mine.yaml").unlink()
-    assert {"results/data/index/mine.csv", "results/data/test.h5", "results/recon/unet/seed0/random_af8.h5",
-            "results/tables/table3_random_af8.csv"} <= planned
+    assert {"results/data/index/mine.csv", "results/data/test.h5", "results/recon/unet/seed0/magnitude_random_af8.h5",
+            "results/tables/table3_magnitude_random_af8.csv"} <= planned
     assert not {"results/data/train.h5", "results/data/val.h5", "results/data/index/brain.csv"} & planned
     assert not [p for p in planned if p.startswith(("results/models/", "results/figures/training/", "results/ldpm/",
                                                     "results/data/shards/"))]
@@ -292,3 +292,59 @@ def test_files_reached_through_config_paths_are_declared_inputs(tmp_path):
     assert str(tmp_path / "sd/vae/config.json") in mrvae and str(tmp_path / "vgg16.pth") in mrvae
     assert str(tmp_path / "vgg19.pth") in swinmr and str(tmp_path / "sd") not in swinmr
     assert str(tmp_path / "sd") not in unet and "vgg" not in unet
+
+
+def multicoil_config(cfg: dict) -> dict:
+    """`cfg` on the image grid (raw matrix = crop = image size 32, centre fraction 0.1: 3 ACS lines for ESPIRiT)
+    with both measurements."""
+    cfg["data"]["embedded"]["matrix"] = 32
+    cfg["data"].update(crop_size=32, image_size=32)
+    cfg["masks"]["center_fractions"] = {8: 0.1}
+    cfg["masks"]["train"]["center_fractions"] = [0.1]
+    return cfg | {"measurements": ["magnitude", "multicoil"]}
+
+
+def jobs_by_output(out: str) -> dict[str, str]:
+    """{output path: the shell command of the job that writes it} of a `snakemake -n -p` plan."""
+    jobs, outputs = {}, []
+    for line in out.splitlines():
+        if line.strip().startswith("output: "):
+            outputs = line.split("output: ", 1)[1].split(", ")
+        elif outputs and line.strip() and not line.startswith(" ") and "python -m ldpm" in line:
+            jobs |= {path: line for path in outputs}
+            outputs = []
+    return jobs
+
+
+def test_measurement_is_a_wildcard_and_leaves_the_magnitude_jobs_as_they_are(tmp_path):
+    """measurements [magnitude, multicoil]: every method gets a reconstruction, metrics and tables under both; the
+    models trained on a measurement's inputs are trained once per measurement (the fully-sampled priors once); the
+    multicoil jobs read the raw files through the index; and every magnitude job is planned with exactly the command
+    a magnitude-only run plans for the same output path, so its outputs are the same bytes."""
+    base = multicoil_config(small_config()) | {"measurements": ["magnitude"]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    alone = jobs_by_output(plan(tmp_path / "a", base))
+    both = jobs_by_output(plan(tmp_path / "b", base | {"measurements": ["magnitude", "multicoil"]}))
+    for method in base["methods"]:
+        for measurement in ("magnitude", "multicoil"):
+            assert f"results/recon/{method}/seed0/{measurement}_random_af8.h5" in both, (method, measurement)
+            assert f"results/metrics/{method}/seed0/{measurement}_random_af8_volumes.csv" in both
+    assert {"results/tables/table1_multicoil_random_af8.csv", "results/tables/protocol_gap_random_af8.csv",
+            "results/figures/protocol_gap_random_af8.png"} <= set(both)
+    trained = {p.split("/")[-1].removesuffix(".safetensors") for p in both if p.endswith(".safetensors")}
+    for model in ("unet", "varnet", "swinmr", "ldpm_sketcher", "ldpm_mrcn"):
+        assert {model, f"{model}_multicoil"} <= trained, model
+    assert not {"score_mri_multicoil", "ldpm_mrvae_multicoil", "ldpm_mrcn_no_skm_multicoil"} & trained
+    assert '"measurement"' not in both["results/models/seed0/unet.safetensors"]  # the paper's simulation
+    assert '"measurement": "multicoil"' in both["results/models/seed0/unet_multicoil.safetensors"]
+    recon = both["results/recon/ldpm/seed0/multicoil_random_af8.h5"]
+    assert "--measurement multicoil --index results/data/index/brain.csv results/data/index/ood.csv" in recon
+    assert "ldpm_sketcher_multicoil.safetensors" in recon and "ldpm_mrcn_multicoil.safetensors" in recon
+    assert "sampler_multicoil_random_af8.json" in recon
+    assert "unet_multicoil.safetensors" in both["results/recon/unet/seed0/multicoil_random_af8.h5"]
+    assert "score_mri.safetensors" in both["results/recon/score_mri/seed0/multicoil_random_af8.h5"]
+    shared = [p for p in alone if "multicoil" not in p and "report.html" not in p]
+    assert len(shared) > 40
+    for path in shared:
+        assert both[path] == alone[path], path

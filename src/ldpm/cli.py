@@ -111,14 +111,14 @@ def cmd_reconstruct(a: argparse.Namespace) -> None:
 
     reconstruct(a.method, a.test_h5, a.test_csv, a.masks, a.out, weights=a.weights, hp=a.hp,
                 batch_size=a.batch_size, device=a.device, seed=a.seed, normalise=a.normalise,
-                measurement=a.measurement, index_csvs=a.index, crop_size=a.crop_size)
+                **_protocol(a))
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
     from ldpm.evaluate.metrics import evaluate
 
     evaluate(a.test_h5, a.test_csv, a.recon, a.masks, a.method, a.acceleration, a.out_volumes, a.out_slices,
-             training_seed=a.training_seed)
+             training_seed=a.training_seed, measurement=a.measurement)
 
 
 def _recons(a: argparse.Namespace) -> dict[str, str]:
@@ -148,7 +148,7 @@ def cmd_tables(a: argparse.Namespace) -> None:
     volumes = load_volume_metrics(a.metrics)
     perceptual = pd.concat([read_table(p) for p in a.perceptual]) if a.perceptual else None
     out = Path(a.out_dir)
-    tag = f"{a.mask_type}_af{a.acceleration}"  # the {mask}_af{af} of the workflow's file names
+    tag = f"{a.measurement}_{a.mask_type}_af{a.acceleration}"  # the {measurement}_{mask}_af{af} of the file names
     table1(volumes, a.methods, a.test_splits[a.main_split], a.acceleration, out / f"table1_{tag}", perceptual,
            a.notes, mask_type=a.mask_type, normalise=a.normalise, mask_per=a.mask_per)
     table3(volumes, a.methods, a.test_splits, a.acceleration, out / f"table3_{tag}", mask_type=a.mask_type,
@@ -163,6 +163,14 @@ def cmd_stats(a: argparse.Namespace) -> None:
 
     stats_table(load_volume_metrics(a.metrics), a.methods, a.split_filter, a.acceleration, a.out_stem,
                 n_boot=a.n_boot, confidence=a.confidence, seed=a.seed, mask_type=a.mask_type)
+
+
+def cmd_gap(a: argparse.Namespace) -> None:
+    from ldpm.evaluate.gap import protocol_gap
+
+    protocol_gap(a.metrics, {"magnitude": a.stats_magnitude, "multicoil": a.stats_multicoil}, a.methods,
+                 a.split_filter, a.out_stem, mask_type=a.mask_type, acceleration=a.acceleration, n_boot=a.n_boot,
+                 confidence=a.confidence, seed=a.seed, out_png=a.out_png)
 
 
 def cmd_figure2(a: argparse.Namespace) -> None:
@@ -184,14 +192,19 @@ def cmd_tune_sampler(a: argparse.Namespace) -> None:
     from ldpm.method.tuning import tune_sampler
 
     tune_sampler(a.val_h5, a.val_csv, a.weights, a.hp, a.acceleration, a.center_fraction, a.seed, a.out_json,
-                 a.out_csv, device=a.device, mask_type=a.mask_type, normalise=a.normalise)
+                 a.out_csv, device=a.device, mask_type=a.mask_type, normalise=a.normalise, **_protocol(a))
 
 
 def cmd_tune_cs(a: argparse.Namespace) -> None:
     from ldpm.baselines.cs import tune_cs
 
     tune_cs(a.method, a.val_h5, a.val_csv, a.hp, a.acceleration, a.center_fraction, a.seed, a.out_json, a.out_csv,
-            mask_type=a.mask_type, normalise=a.normalise)
+            mask_type=a.mask_type, normalise=a.normalise, **_protocol(a))
+
+
+def _protocol(a: argparse.Namespace) -> dict:
+    """The measurement arguments (`_measurement_args`) as keyword arguments."""
+    return {"measurement": a.measurement, "index_csvs": a.index, "crop_size": a.crop_size}
 
 
 def cmd_ldpm_diagnostics(a: argparse.Namespace) -> None:
@@ -258,6 +271,12 @@ def cmd_forest_plot(a: argparse.Namespace) -> None:
     from ldpm.evaluate.figures import forest_plot
 
     forest_plot(a.stats, a.out, protocol_label=f"AF {a.acceleration}, {a.mask_type} masks", confidence=a.confidence)
+
+
+def _measurement_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--measurement", default="magnitude", help="magnitude (the paper's) | multicoil (raw coil k-space)")
+    s.add_argument("--index", nargs="*", default=[], help="multicoil: the index files (volume -> raw file)")
+    s.add_argument("--crop-size", type=int, default=None, help="multicoil: data.crop_size (default: the image size)")
 
 
 def _normalise_arg(s: argparse.ArgumentParser) -> None:
@@ -367,9 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     _normalise_arg(s)
-    s.add_argument("--measurement", default="magnitude", help="magnitude (the paper's) | multicoil (raw coil k-space)")
-    s.add_argument("--index", nargs="*", default=[], help="multicoil: the index files (volume -> raw file)")
-    s.add_argument("--crop-size", type=int, default=None, help="multicoil: data.crop_size (default: the image size)")
+    _measurement_args(s)
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("metrics", help="per-volume and per-slice PSNR/SSIM/NMSE/HFEN/k-space residual")
@@ -381,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--training-seed", type=int, default=0, help="the training seed of the reconstruction (a column)")
     s.add_argument("--out-volumes", required=True)
     s.add_argument("--out-slices", required=True)
+    s.add_argument("--measurement", default="magnitude", help="the measurement protocol (a column)")
     s.set_defaults(func=cmd_metrics)
 
     s = sub.add_parser("perceptual", help="LPIPS, rFID, KID per method from local backbone weights (else n/a)")
@@ -409,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="csv files of `ldpm perceptual` (one per training seed); without them LPIPS/rFID/KID read n/a")
     s.add_argument("--recon", nargs="*", default=[], help="reconstructions: their cost attrs → compute_af<AF>")
     s.add_argument("--notes", type=_json, default=[], help="extra Table I footnotes (JSON list), e.g. weights caveats")
+    s.add_argument("--measurement", default="magnitude", help="the measurement protocol (file names)")
     s.add_argument("--out-dir", required=True)
     _normalise_arg(s)  # Table I's caption names the rule
     s.set_defaults(func=cmd_tables)
@@ -426,6 +445,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out-stem", required=True, help="writes <stem>.csv and <stem>.md")
     s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("gap", help="protocol gap: each method under the magnitude vs the multicoil measurement")
+    s.add_argument("--metrics", nargs="+", required=True, help="per-volume metrics of both measurements")
+    s.add_argument("--stats-magnitude", required=True, help="stats csv of `ldpm stats`, magnitude measurement")
+    s.add_argument("--stats-multicoil", required=True, help="stats csv of `ldpm stats`, multicoil measurement")
+    s.add_argument("--methods", type=_json, required=True)
+    s.add_argument("--split-filter", type=_json, default={})
+    s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
+                   help="config masks.types value (file names, captions)")
+    s.add_argument("--n-boot", type=int, default=2000)
+    s.add_argument("--confidence", type=float, default=0.95)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out-stem", required=True, help="writes <stem>.csv, <stem>.md and <stem>.png")
+    s.add_argument("--out-png", default=None, help="the figure (default <out-stem>.png)")
+    s.set_defaults(func=cmd_gap)
 
     s = sub.add_parser("figure2", help="example reconstructions with error maps")
     _test_set_args(s, per_method=True)
@@ -461,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-json", required=True, help="chosen settings")
     s.add_argument("--out-csv", required=True, help="every grid row with its validation PSNR")
     _normalise_arg(s)
+    _measurement_args(s)
     s.set_defaults(func=cmd_tune_sampler)
 
     s = sub.add_parser("tune-cs", help="choose the λ of a compressed-sensing row on validation slices (ldpm.tuning)")
@@ -475,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-json", required=True, help="chosen λ")
     s.add_argument("--out-csv", required=True, help="every λ with its validation PSNR")
     _normalise_arg(s)
+    _measurement_args(s)
     s.set_defaults(func=cmd_tune_cs)
 
     s = sub.add_parser("ldpm-diagnostics", help="where LDPM's latent route loses or gains, per test split")

@@ -103,6 +103,19 @@ def check_semantics(config: dict) -> None:
         if data["image_size"] > crop:
             raise LdpmError(f"config key {key}: {crop} < data.image_size {data['image_size']}; images are only ever "
                             f"shrunk after cropping")
+    if "multicoil" in config["measurements"]:
+        for key, crop in crops.items():
+            if crop != data["image_size"]:
+                raise LdpmError(f"config key {key}: {crop} but data.image_size is {data['image_size']}; the multicoil "
+                                f"measurement (config key measurements) works at the image grid without a resize, so "
+                                f"set them equal or drop multicoil")
+        fractions = [("masks.center_fractions", cf) for cf in masks["center_fractions"].values()]
+        fractions += [("masks.train.center_fractions", cf) for cf in masks["train"]["center_fractions"]]
+        for key, cf in fractions:
+            if round(cf * data["image_size"]) < 2:
+                raise LdpmError(f"config key {key}: {cf} keeps {round(cf * data['image_size'])} centre column(s) of "
+                                f"{data['image_size']}; the multicoil measurement's ESPIRiT maps need at least 2 "
+                                f"(ACS lines): raise it to {2 / data['image_size']:.3g} or drop multicoil")
     ldpm = config["ldpm"]
     # LDPM's latent must pass the U-Net's down/up path whole: image_size / VAE factor / 2^(U-Net levels − 1).
     vae_factor, unet_down = (8, 8) if ldpm["sd_dir"] else (ldpm["vae"]["latent_factor"],

@@ -19,6 +19,8 @@ import fastmri
 import numpy as np
 import torch
 
+from ldpm import LdpmError
+
 
 def fft2(image: torch.Tensor) -> torch.Tensor:
     """Centred orthonormal 2D FFT over the last two axes; real or complex in, complex out."""
@@ -46,6 +48,12 @@ def rss(coil_images: torch.Tensor) -> torch.Tensor:
 
 
 MEASUREMENTS = ("magnitude", "multicoil")  # config `measurements`
+
+
+def check_measurement(name: str) -> str:
+    if name not in MEASUREMENTS:
+        raise LdpmError(f"config key measurements: unknown measurement '{name}'; known: {', '.join(MEASUREMENTS)}")
+    return name
 
 
 class Measurement:

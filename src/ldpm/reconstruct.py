@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ldpm import LdpmError
 from ldpm.data.masks import load_test_masks
 from ldpm.io import atomic_output, read_images, read_table
-from ldpm.physics import (MEASUREMENTS, Measurement, clip_output, measure,  # clip_output: the policy, defined there
+from ldpm.physics import (Measurement, check_measurement, clip_output, measure,  # clip_output: the policy, defined there
                           multicoil_measurement, scaled_method)
 from ldpm.stages import RECONSTRUCTORS, resolve
 from ldpm.train import autocast, resolve_device
@@ -55,8 +55,7 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
     "magnitude" (the paper's: k-space of the stored RSS slices) or "multicoil" (the raw coil k-space of every slice,
     read through `index_csvs` at the `crop_size` image grid, `ldpm.data.coils`; the test mask times the acquired
     columns)."""
-    if measurement not in MEASUREMENTS:
-        raise LdpmError(f"config key measurements: unknown measurement '{measurement}'; known: {', '.join(MEASUREMENTS)}")
+    check_measurement(measurement)
     factory = resolve(RECONSTRUCTORS, method, "method")
     dev = resolve_device(device)
     torch.manual_seed(seed)

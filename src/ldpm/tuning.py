@@ -26,15 +26,16 @@ from tqdm import tqdm
 from ldpm.data.masks import sample_mask
 from ldpm.evaluate import protocol
 from ldpm.io import atomic_output, read_images, read_table, stable_seed, write_table
-from ldpm.physics import clip_output, measure, scaled_method
+from ldpm.physics import Measurement, check_measurement, clip_output, measure, multicoil_measurement, scaled_method
 
 log = logging.getLogger("ldpm.tuning")
 
 
 def validation_batch(val_h5: str | Path, val_csv: str | Path, n_slices: int, acceleration: int,
                      center_fraction: float, seed: int, mask_type: str = "random",
-                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """(x (N,1,H,W), masks (N,1,1,W), volume maxima (N,)) of `n_slices` evenly spaced validation slices."""
+                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """(x (N,1,H,W), masks (N,1,1,W), volume maxima (N,), rows (N,) of the validation file) of `n_slices` evenly
+    spaced validation slices."""
     images, meta = read_images(val_h5), read_table(val_csv)
     pick = np.unique(np.linspace(0, len(images) - 1, min(n_slices, len(images))).round().astype(int))
     vmax = meta.assign(m=images.reshape(len(images), -1).max(1)).groupby("volume")["m"].transform("max").to_numpy()
@@ -43,19 +44,46 @@ def validation_batch(val_h5: str | Path, val_csv: str | Path, n_slices: int, acc
                                   stable_seed(seed, "val", acceleration, meta.slice_id[i]), mask_type)
                       for i in pick])
     return (torch.from_numpy(images[pick])[:, None], torch.from_numpy(masks).float()[:, None, None, :],
-            vmax[pick])
+            vmax[pick], pick)
+
+
+def measurements(x: torch.Tensor, masks: torch.Tensor, rows: np.ndarray, batch_size: int, device: torch.device,
+                 measurement: str = "magnitude", slices_csv=None, index_csvs: list = (),
+                 crop_size: int | None = None) -> list[Measurement]:
+    """The measurements of images x (rows `rows` of `slices_csv`) under masks, in batches: magnitude (`measure`) or
+    multicoil (their raw coil k-space, `ldpm.data.coils`, masked with the acquired columns). Made once, so every grid
+    point sees the same ones (and multicoil maps are estimated once)."""
+    check_measurement(measurement)
+    coils = None
+    if measurement == "multicoil":
+        from ldpm.data.coils import CoilSlices
+
+        coils = CoilSlices(slices_csv, list(index_csvs), crop_size or x.shape[-1])
+    out = []
+    for start in range(0, len(x), batch_size):
+        xb, mb = x[start:start + batch_size].to(device), masks[start:start + batch_size].to(device)
+        if coils is None:
+            out.append(measure(xb, mb))
+        else:
+            coil, acquired = coils[rows[start:start + batch_size]]
+            out.append(multicoil_measurement(coil.to(device), mb * acquired.to(device)))
+    return out
 
 
 def grid_search(build: Callable[[dict], Callable], grid: dict[str, list], val_h5: str | Path, val_csv: str | Path,
                 n_slices: int, acceleration: int, center_fraction: float, seed: int, out_json: str | Path,
                 out_csv: str | Path, *, device: torch.device, fixed: dict | None = None, batch_size: int = 16,
-                mask_type: str = "random", normalise: str = "gt_max", what: str = "settings") -> dict:
+                mask_type: str = "random", normalise: str = "gt_max", what: str = "settings",
+                measurement: str = "magnitude", index_csvs: list = (), crop_size: int | None = None) -> dict:
     """Score `build(settings)` (a reconstructor, `ldpm.stages` contract) for every combination of `grid` on the
-    validation slices; write the choice (`out_json`, with `fixed`: the settings not tuned) and every row
-    (`out_csv`). Returns the JSON record."""
+    validation slices under `measurement` (multicoil: the slices' raw coil k-space through `index_csvs` at the
+    `crop_size` grid, as `ldpm.reconstruct`); write the choice (`out_json`, with `fixed`: the settings not tuned)
+    and every row (`out_csv`). Returns the JSON record."""
     if not grid or not all(grid.values()):
         raise ValueError(f"the tuning grid of {what} is empty: nothing to choose")
-    x, masks, vmax = validation_batch(val_h5, val_csv, n_slices, acceleration, center_fraction, seed, mask_type)
+    x, masks, vmax, rows_picked = validation_batch(val_h5, val_csv, n_slices, acceleration, center_fraction, seed,
+                                                   mask_type)
+    batches = measurements(x, masks, rows_picked, batch_size, device, measurement, val_csv, index_csvs, crop_size)
     keys = sorted(grid)
     rows = []
     for values in tqdm(list(itertools.product(*(grid[k] for k in keys))), desc=f"tune {what}", disable=None):
@@ -64,9 +92,8 @@ def grid_search(build: Callable[[dict], Callable], grid: dict[str, list], val_h5
         run = scaled_method(build(settings), normalise)
         out = []
         with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                xb, mb = x[start:start + batch_size].to(device), masks[start:start + batch_size].to(device)
-                out.append(clip_output(run(measure(xb, mb)).float())[:, 0].cpu().numpy())
+            for meas in batches:
+                out.append(clip_output(run(meas).float())[:, 0].cpu().numpy())
         psnr = np.array([protocol.psnr(g, p, m) for g, p, m in zip(x[:, 0].numpy(), np.concatenate(out), vmax)])
         rows.append(settings | {"psnr": float(psnr.mean()), "psnr_sd": float(psnr.std())})
         log.info("validation %s: PSNR %.3f dB over %d slices", settings, rows[-1]["psnr"], len(x))

@@ -19,6 +19,10 @@ except LdpmError as exc:
     sys.exit(f"ldpm: error: {exc}")
 
 RESULTS = "results"
+# Every result is per measurement protocol (config `measurements`, ldpm.physics.Measurement): "magnitude" (the
+# paper's) or "multicoil" (raw coil k-space), "{measurement}_{mask}_af{af}" in file names (e.g. magnitude_random_af8).
+MEASUREMENTS = config["measurements"]
+MULTICOIL = "multicoil" in MEASUREMENTS
 LDPM_ENV = "../../envs/ldpm.yaml"  # every rule's conda environment (relative to the rules files)
 # Every test protocol is a (mask type, AF) pair, "{mask}_af{af}" in file names (e.g. random_af8).
 MASK_TYPES = config["masks"]["types"]
@@ -60,7 +64,16 @@ def job_stage(launcher=LDPM_CLI):
 @functools.cache
 def trainer_code(model):
     """The code version of one training job: ldpm.train and the model's TRAINERS entry with what it imports."""
-    return entry_version(TRAINERS[model], ["ldpm.train"])
+    return entry_version(TRAINERS[TRAIN[model].get("trainer", model)], ["ldpm.train"])
+
+
+def train_masks(model):
+    """The measurement a training job simulates: config masks.train, data.normalise and, for the models trained on
+    the multicoil measurement, that protocol and the image grid (ldpm.baselines.training_images)."""
+    masks = config["masks"]["train"] | {"normalise": config["data"]["normalise"]}
+    if TRAIN[model].get("measurement") == "multicoil":
+        masks |= {"measurement": "multicoil", "crop_size": config["data"]["crop_size"]}
+    return masks
 
 
 @functools.cache
@@ -110,9 +123,18 @@ def ordered(mapping):
     return list(mapping.items())
 
 
+def measured(measurement):
+    """The model-name suffix of a measurement: models trained on its simulated inputs are unet (magnitude) and
+    unet_multicoil (multicoil)."""
+    return "" if measurement == "magnitude" else f"_{measurement}"
+
+
 def for_job(files, w, **values):
-    """{name: file} with {seed} / {mask} / {af} filled from the job's wildcards `w` (and `values`, which win)."""
+    """{name: file} with {seed} / {mask} / {af} / {measurement} filled from the job's wildcards `w` (and `values`,
+    which win); {measured} is the measurement's model suffix (`measured`)."""
     fill = dict(w.items()) | values
+    if "measurement" in fill:
+        fill["measured"] = measured(fill["measurement"])
     return {name: path.format(**fill) for name, path in files.items()}
 
 
@@ -133,6 +155,60 @@ def files_under(path):
 def model_file(model):
     """The final weights of `model`, a pattern over the training seed."""
     return f"{RESULTS}/models/seed{{seed}}/{model}.safetensors"
+
+
+def measured_model_file(model):
+    """The weights of `model` trained on the job's measurement (a reconstruct job's pattern: {measured} is filled by
+    `for_job`)."""
+    return f"{RESULTS}/models/seed{{seed}}/{model}{{measured}}.safetensors"
+
+
+def coil_inputs(split):
+    """What the multicoil measurement of a split is read from (ldpm.data.coils): the split's csv and the index file
+    of every dataset it draws from ({name: file}: names split_csv, index_<dataset>)."""
+    return ({f"{split}_csv": f"{RESULTS}/data/{split}.csv"}
+            | {f"index_{name}": index_file(name) for name in split_datasets(split)})
+
+
+def coil_raw(split):
+    """The raw files behind a split's multicoil measurement (a generated directory stands for its files)."""
+    return sorted({f for name in split_datasets(split) for f in raw_inputs(name)})
+
+
+def measurement_inputs(w, split):
+    """A scoring or tuning job's extra inputs under its measurement: none for magnitude; the index files and raw
+    files of the split for multicoil."""
+    if w.measurement == "magnitude":
+        return []
+    return list(coil_inputs(split).values())[1:] + coil_raw(split)
+
+
+def measurement_note(w):
+    """Table I's line naming the job's measurement protocol."""
+    if w.measurement == "magnitude":
+        return ["Measurement: magnitude (the paper's protocol): single-coil k-space simulated from the RSS image."]
+    return ["Measurement: multicoil: the raw coil k-space under the same masks (padding columns never sampled), "
+            "ESPIRiT maps from each slice's ACS lines; ground truth the same RSS images."]
+
+
+def measurement_args(w, split):
+    """The `--measurement ... --index ... --crop-size ...` arguments of a scoring or tuning job."""
+    if w.measurement == "magnitude":
+        return "--measurement magnitude"
+    index = " ".join(shlex.quote(f) for f in list(coil_inputs(split).values())[1:])
+    return f"--measurement {w.measurement} --index {index} --crop-size {config['data']['crop_size']}"
+
+
+def train_measured(model, inputs, hp, reads=()):
+    """TRAIN[model] on the magnitude simulation and, when multicoil runs, TRAIN[model_multicoil]: the same stage and
+    settings on the multicoil simulation of the same slices (`masks` gets measurement and crop_size; inputs gain the
+    train/val csv and index files; the raw files are read)."""
+    TRAIN[model] = {"inputs": inputs, "hp": hp}
+    READS[model] = list(reads)
+    if MULTICOIL:
+        TRAIN[f"{model}_multicoil"] = {"inputs": inputs | coil_inputs("train") | coil_inputs("val"), "hp": hp,
+                                       "trainer": model, "measurement": "multicoil"}
+        READS[f"{model}_multicoil"] = list(reads) + coil_raw("train")
 
 
 # ------------------------------------------------------------------ baselines (baselines.smk)
@@ -183,29 +259,40 @@ def ldpm_weights(*names):
 
 # Sampler settings the paper leaves open, chosen on the validation split per AF (ldpm.method.tuning); with an
 # empty grid the reconstructions use ldpm.sampler as it is and this file is not made.
-TUNED = f"{RESULTS}/ldpm/seed{{seed}}/sampler_{{mask}}_af{{af}}.json"
+TUNED = f"{RESULTS}/ldpm/seed{{seed}}/sampler_{{measurement}}_{{mask}}_af{{af}}.json"
 TUNE = bool(LDPM["tuning"]["grid"])
 
 
+# The models trained on a measurement's own simulation (the sketcher learns from x_u, the MRCN from the sketch): a
+# reconstruct or tuning job reads those of its measurement.
+LDPM_MEASURED = {"sketcher": measured_model_file("ldpm_sketcher"), "mrcn": measured_model_file("ldpm_mrcn")}
+
+
 def ldpm_method_weights(names, mrcn="mrcn"):
-    weights = ldpm_weights(*names) | {"mrcn": LDPM_WEIGHTS[mrcn]}
+    weights = {name: LDPM_MEASURED.get(name, LDPM_WEIGHTS[name]) for name in names if name in LDPM_WEIGHTS}
+    weights["mrcn"] = LDPM_MEASURED["mrcn"] if mrcn == "mrcn" else LDPM_WEIGHTS[mrcn]
     return weights | ({"sampler_tuned": TUNED} if TUNE else {})
 
 
 # ------------------------------------------------------------------ evaluation (evaluate.smk)
-RECON_FILE = f"{RESULTS}/recon/{{method}}/seed{{seed}}/{{mask}}_af{{af}}.h5"
-VOLUME_METRICS = f"{RESULTS}/metrics/{{method}}/seed{{seed}}/{{mask}}_af{{af}}_volumes.csv"
-PERCEPTUAL = f"{RESULTS}/metrics/perceptual/seed{{seed}}/{{mask}}_af{{af}}.csv"
+PROTOCOL = "{measurement}_{mask}_af{af}"
+PROTOCOL_KEEP = "{{measurement}}_{{mask}}_af{{af}}"  # PROTOCOL inside an expand() that must leave the wildcards
+RECON_FILE = f"{RESULTS}/recon/{{method}}/seed{{seed}}/{PROTOCOL}.h5"
+VOLUME_METRICS = f"{RESULTS}/metrics/{{method}}/seed{{seed}}/{PROTOCOL}_volumes.csv"
+PERCEPTUAL = f"{RESULTS}/metrics/perceptual/seed{{seed}}/{PROTOCOL}.csv"
 
 
 def recon_files(w, seed=None, methods=None):
-    """The reconstructions of `methods` (default: config methods) for the job's protocol and one training seed."""
-    return expand(RECON_FILE, method=methods or config["methods"], seed=w.get("seed", seed), mask=w.mask, af=w.af)
+    """The reconstructions of `methods` (default: config methods) for the job's protocol and one training seed
+    (the magnitude measurement for jobs without one: Table II, the LDPM diagnostics)."""
+    return expand(RECON_FILE, method=methods or config["methods"], seed=w.get("seed", seed), mask=w.mask, af=w.af,
+                  measurement=w.get("measurement", "magnitude"))
 
 
-def volume_metrics(w, methods=None):
+def volume_metrics(w, methods=None, measurement=None):
     """Per-volume metrics of `methods` over every training seed: what the tables and statistics aggregate."""
-    return expand(VOLUME_METRICS, method=methods or config["methods"], seed=SEEDS, mask=w.mask, af=w.af)
+    return expand(VOLUME_METRICS, method=methods or config["methods"], seed=SEEDS, mask=w.mask, af=w.af,
+                  measurement=measurement or w.get("measurement", "magnitude"))
 
 
 def caption(name):
@@ -219,7 +306,8 @@ def trained_models():
     other TRAIN entry (e.g. the retrained-ablation MRCNs with ablations_mode: swap) would train it just for that."""
     by_file = {model_file(m): m for m in TRAIN}
     methods = [m for m in [*config["methods"], *LDPM["ablations"]] if m in RECON]
-    files = [f for m in methods for f in RECON[m]["weights"].values()]
+    files = [f.replace("{measured}", measured(measurement)) for m in methods for f in RECON[m]["weights"].values()
+             for measurement in MEASUREMENTS]
     needed = set()
     while files:
         model = by_file.get(files.pop())

@@ -9,11 +9,16 @@ if not LDPM["sd_dir"]:
     TRAIN["ldpm_natural_vae"] = {"inputs": {}, "hp": ldpm_hp("vae", "natural", "natural_vae")}
     TRAIN["ldpm_natural_unet"] = {"inputs": ldpm_weights("natural_vae"),
                                   "hp": ldpm_hp("vae", "unet", "natural", "natural_unet")}
-TRAIN["ldpm_sketcher"] = {"inputs": LDPM_DATA, "hp": ldpm_hp("sketcher")}
+SD_FILES = files_under(LDPM["sd_dir"])
+# The sketcher and the MRCN learn from the measurement (x_u, the sketch): one of each per measurement
+# (ldpm_sketcher_multicoil, ldpm_mrcn_multicoil); the MR-VAE and the photo stand-ins see fully sampled images only.
+train_measured("ldpm_sketcher", LDPM_DATA, ldpm_hp("sketcher"))
 TRAIN["ldpm_mrvae"] = {"inputs": LDPM_DATA | ldpm_weights("natural_vae"),
                        "hp": ldpm_hp("sd_dir", "vgg_weights", "vae", "mrvae")}
-TRAIN["ldpm_mrcn"] = {"inputs": LDPM_DATA | ldpm_weights("natural_unet", "mrvae", "sketcher"),
-                      "hp": ldpm_hp("sd_dir", "vae", "unet", "sketcher", "mrcn")}
+train_measured("ldpm_mrcn", LDPM_DATA | ldpm_weights("natural_unet", "mrvae", "sketcher"),
+               ldpm_hp("sd_dir", "vae", "unet", "sketcher", "mrcn"), reads=SD_FILES)
+if MULTICOIL:
+    TRAIN["ldpm_mrcn_multicoil"]["inputs"]["sketcher"] = model_file("ldpm_sketcher_multicoil")
 
 # With ablations_mode "retrain" the ablations without MR-VAE / SkM run an MRCN trained that way (natural-image VAE
 # latents; the |DC(x_u)| condition), so Table II does not mix a missing part with a train/test mismatch.
@@ -25,9 +30,8 @@ TRAIN["ldpm_mrcn_no_skm"] = {"inputs": LDPM_DATA | ldpm_weights("natural_unet", 
 LDPM_WEIGHTS |= {name: model_file(f"ldpm_{name}") for name in ("mrcn_no_mrvae", "mrcn_no_skm")}
 
 # SD-2-1-base's files (paper scale) and the VGG16 of eq. 5 reach their stages through hp paths: declared inputs.
-SD_FILES = files_under(LDPM["sd_dir"])
 READS["ldpm_mrvae"] = SD_FILES + files_under(LDPM["vgg_weights"])
-READS |= {model: SD_FILES for model in ("ldpm_mrcn", "ldpm_mrcn_no_mrvae", "ldpm_mrcn_no_skm")}
+READS |= {model: SD_FILES for model in ("ldpm_mrcn_no_mrvae", "ldpm_mrcn_no_skm")}
 
 # Each method reads only the weights it uses (w/o MR-VAE: the natural-image VAE; w/o SkM: no sketcher).
 FULL = ("natural_unet", "mrvae", "sketcher", "mrcn")
@@ -47,42 +51,46 @@ for method, weights in LDPM_METHOD_WEIGHTS.items():
 
 TARGETS += expand(f"{RESULTS}/tables/ldpm_diagnostics_{{mask}}_af{{af}}.{{ext}}", mask=MASK_TYPES, af=AFS,
                   ext=["csv", "md"])
+# the sampler's networks, those of the job's measurement
+TUNE_WEIGHTS = {name: LDPM_MEASURED.get(name, LDPM_WEIGHTS[name]) for name in FULL if name in LDPM_WEIGHTS}
 
 
 rule ldpm_tune_sampler:
     input:
-        unpack(lambda w: for_job(ldpm_weights(*FULL), w)),
+        unpack(lambda w: for_job(TUNE_WEIGHTS, w)),
         h5=f"{RESULTS}/data/val.h5",
         csv=f"{RESULTS}/data/val.csv",
+        coils=lambda w: measurement_inputs(w, "val"),
     output:
         json=TUNED,
-        csv=f"{RESULTS}/ldpm/seed{{seed}}/sampler_{{mask}}_af{{af}}.csv",
+        csv=f"{RESULTS}/ldpm/seed{{seed}}/sampler_{PROTOCOL}.csv",
     log:
-        f"{RESULTS}/logs/ldpm_tune_sampler_seed{{seed}}_{{mask}}_af{{af}}.log",
+        f"{RESULTS}/logs/ldpm_tune_sampler_seed{{seed}}_{PROTOCOL}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/ldpm_tune_sampler_seed{{seed}}_{{mask}}_af{{af}}.tsv"
+        f"{RESULTS}/benchmarks/ldpm_tune_sampler_seed{{seed}}_{PROTOCOL}.tsv"
     threads: workflow.cores
     params:
-        weights=lambda w: as_json(for_job(ldpm_weights(*FULL), w)),
+        weights=lambda w: as_json(for_job(TUNE_WEIGHTS, w)),
         hp=as_json(ldpm_hp("sd_dir", "vae", "unet", "sketcher", "sampler", "tuning")),
         cf=lambda w: config["masks"]["center_fractions"][int(w.af)],
         seed=lambda w: int(w.seed),
         device=DEVICE,
         normalise=config["data"]["normalise"],
+        measurement=lambda w: measurement_args(w, "val"),
     conda:
         LDPM_ENV
     shell:
         stage("ldpm.method.tuning") + "tune-sampler --val-h5 {input.h5} --val-csv {input.csv} --weights "
         "{params.weights} --hp {params.hp} "
         "--mask-type {wildcards.mask} --acceleration {wildcards.af} --center-fraction {params.cf} "
-        "--seed {params.seed} --device {params.device} --normalise {params.normalise} --out-json {output.json} "
-        "--out-csv {output.csv} > {log} 2>&1"
+        "--seed {params.seed} --device {params.device} --normalise {params.normalise} {params.measurement} "
+        "--out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
 
 
 # The diagnostics take apart the first training seed's LDPM (the one Fig 2 shows).
 rule ldpm_diagnostics:
     input:
-        unpack(lambda w: recon_weights("ldpm", w, seed=FIRST_SEED)),
+        unpack(lambda w: recon_weights("ldpm", w, seed=FIRST_SEED, measurement="magnitude")),
         h5=f"{RESULTS}/data/test.h5",
         csv=f"{RESULTS}/data/test.csv",
         masks=f"{RESULTS}/masks/{{mask}}_af{{af}}.npz",
@@ -97,7 +105,7 @@ rule ldpm_diagnostics:
         f"{RESULTS}/benchmarks/ldpm_diagnostics_{{mask}}_af{{af}}.tsv"
     threads: workflow.cores
     params:
-        weights=lambda w: as_json(recon_weights("ldpm", w, seed=FIRST_SEED)),
+        weights=lambda w: as_json(recon_weights("ldpm", w, seed=FIRST_SEED, measurement="magnitude")),
         hp=as_json(RECON["ldpm"]["hp"]),
         splits=as_json(ordered(config["test_splits"])),
         stem=lambda w: f"{RESULTS}/tables/ldpm_diagnostics_{w.mask}_af{w.af}",

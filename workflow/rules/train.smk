@@ -20,8 +20,9 @@ rule train:
     params:
         inputs=lambda w: as_json(for_job(TRAIN[w.model]["inputs"], w)),
         hp=lambda w: as_json(TRAIN[w.model]["hp"]),
-        # the measurement training simulates: the mask distribution and its scale (data.normalise)
-        masks=as_json(config["masks"]["train"] | {"normalise": config["data"]["normalise"]}),
+        # the measurement training simulates: the mask distribution, its scale (data.normalise), the protocol
+        masks=lambda w: as_json(train_masks(w.model)),
+        trainer=lambda w: TRAIN[w.model].get("trainer", w.model),
         ckpt=lambda w: f"{RESULTS}/checkpoints/seed{w.seed}/{w.model}",
         val_slices=config["validation_slices"],
         seed=lambda w: int(w.seed),
@@ -30,7 +31,7 @@ rule train:
     conda:
         LDPM_ENV
     shell:
-        job_stage(launcher=TRAIN_LAUNCHER) + "train {wildcards.model} --inputs {params.inputs} --out "
+        job_stage(launcher=TRAIN_LAUNCHER) + "train {params.trainer} --inputs {params.inputs} --out "
         "{output.weights} "
         "--ckpt-dir {params.ckpt} --hp {params.hp} --masks {params.masks} --seed {params.seed} "
         "--device {params.device} --val-slices {params.val_slices} > {log} 2>&1"

@@ -12,7 +12,8 @@ import torch
 from ldpm.data.masks import batch_masks, sample_mask
 from ldpm.evaluate import protocol
 from ldpm.io import SliceFile, read_images, stable_seed
-from ldpm.physics import Measurement, input_scale, measure
+from ldpm.data.coils import CoilSlices
+from ldpm.physics import Measurement, input_scale, measure, multicoil_measurement, rss
 from ldpm.train import EpochSampler, shard, step_rng
 
 log = logging.getLogger("ldpm.validation")
@@ -26,22 +27,48 @@ def normalised(x: torch.Tensor, meas: Measurement, masks_cfg: dict) -> tuple[tor
     return (x, meas) if s is None else (x / s, meas.scaled(s))
 
 
-def simulated_measurement(x: torch.Tensor, rng: np.random.Generator, masks_cfg: dict
-                          ) -> tuple[torch.Tensor, Measurement]:
-    """(x, measurement) of images x (B, 1, H, W): fresh training masks drawn from `rng`, then `normalised`."""
+def is_multicoil(masks_cfg: dict) -> bool:
+    """Whether a training job simulates the multicoil measurement (masks_cfg["measurement"], set by the workflow for
+    the models trained on it; default the paper's magnitude measurement)."""
+    return masks_cfg.get("measurement", "magnitude") == "multicoil"
+
+
+def index_files(inputs: dict) -> list[str]:
+    """The index files among a stage's inputs (names index_<dataset>): volume → raw file, for the coil slices."""
+    return [path for name, path in sorted(inputs.items()) if name.startswith("index_")]
+
+
+def training_images(inputs: dict, masks_cfg: dict) -> SliceFile | CoilSlices:
+    """What a trainer draws its batches from, read per batch: the training file's magnitude slices
+    (`ldpm.io.SliceFile`), or under the multicoil measurement the raw coil slices of the same rows
+    (`ldpm.data.coils.CoilSlices`, inputs train_csv and index_<dataset>)."""
+    if is_multicoil(masks_cfg):
+        return CoilSlices(inputs["train_csv"], index_files(inputs), masks_cfg["crop_size"])
+    return SliceFile(inputs["train"])
+
+
+def simulated_measurement(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor], rng: np.random.Generator,
+                          masks_cfg: dict) -> tuple[torch.Tensor, Measurement]:
+    """(x, measurement) of a batch: images x (B, 1, H, W) or (coil images, acquired columns) from `CoilSlices`,
+    whose target x is the RSS of the coil images; fresh training masks drawn from `rng` (the same draws under
+    both measurements), then `normalised`."""
+    coils, acquired = batch if isinstance(batch, tuple) else (None, None)
+    x = batch if coils is None else rss(coils)
     mask = batch_masks(rng, len(x), x.shape[-1], masks_cfg["accelerations"], masks_cfg["center_fractions"],
                        masks_cfg.get("type", "random")).to(x.device)
-    return normalised(x, measure(x, mask), masks_cfg)
+    meas = measure(x, mask) if coils is None else multicoil_measurement(coils, mask * acquired)
+    return normalised(x, meas, masks_cfg)
 
 
-def undersampled_batch(images: SliceFile | torch.Tensor, sampler: EpochSampler, step: int, seed: int, masks_cfg: dict,
-                       device: torch.device) -> tuple[torch.Tensor, Measurement]:
-    """Training batch `step` as (x (B, 1, H, W), its measurement) on `device`: the images of the sampler's batch
-    (read from the training file only now, `ldpm.io.SliceFile`) and their measurement under fresh masks drawn from
-    (seed, step), so a resumed run sees the same masks; scaled by masks_cfg["normalise"] (`normalised`).
+def undersampled_batch(images: SliceFile | CoilSlices | torch.Tensor, sampler: EpochSampler, step: int, seed: int,
+                       masks_cfg: dict, device: torch.device) -> tuple[torch.Tensor, Measurement]:
+    """Training batch `step` as (x (B, 1, H, W), its measurement) on `device`: the slices of the sampler's batch
+    (read only now, `training_images`) and their measurement under fresh masks drawn from (seed, step), so a
+    resumed run sees the same masks; scaled by masks_cfg["normalise"] (`normalised`).
     Under torchrun this process's slice of that global batch (`ldpm.train.shard`)."""
-    x = images[sampler.batch(step)][:, None].to(device)
-    return shard(*simulated_measurement(x, step_rng(seed, 1, step), masks_cfg))
+    batch = images[sampler.batch(step)]
+    batch = tuple(t.to(device) for t in batch) if isinstance(batch, tuple) else batch[:, None].to(device)
+    return shard(*simulated_measurement(batch, step_rng(seed, 1, step), masks_cfg))
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -92,7 +119,13 @@ def validation_set(inputs: dict, n_slices: int, seed: int, masks_cfg: dict, devi
     index, x = picked
     mask = torch.from_numpy(np.stack([sample_mask(x.shape[-1], af, cf, stable_seed(seed, "val", int(i)), kind)
                                       for i in index])).float()[:, None, None, :]
-    x, meas = normalised(x.to(device), measure(x.to(device), mask.to(device)), masks_cfg)
+    x, mask = x.to(device), mask.to(device)
+    if is_multicoil(masks_cfg):  # the stored slices are the targets; the measurement is their raw coil k-space
+        coils, acquired = CoilSlices(inputs["val_csv"], index_files(inputs), masks_cfg["crop_size"])[index]
+        meas = multicoil_measurement(coils.to(device), mask * acquired.to(device))
+    else:
+        meas = measure(x, mask)
+    x, meas = normalised(x, meas, masks_cfg)
     return ValidationSet(index, x, meas)
 
 

@@ -149,9 +149,10 @@ def cs_wavelet(weights: dict[str, Path], hp: dict, device: torch.device):
 
 def tune_cs(method: str, val_h5: str | Path, val_csv: str | Path, hp: dict, acceleration: int,
             center_fraction: float, seed: int, out_json: str | Path, out_csv: str | Path, *, mask_type: str = "random",
-            normalise: str = "gt_max") -> dict:
-    """Choose λ of `method` among hp["lam"][method] on hp["val_slices"] validation slices (`ldpm.tuning`)."""
+            normalise: str = "gt_max", **protocol) -> dict:
+    """Choose λ of `method` among hp["lam"][method] on hp["val_slices"] validation slices (`ldpm.tuning`) under the
+    measurement `protocol` (measurement, index_csvs, crop_size; `ldpm.tuning.grid_search`)."""
     return grid_search(lambda settings: reconstructor_for(method, settings["lam"], hp), {"lam": hp["lam"][method]},
                        val_h5, val_csv, hp["val_slices"], acceleration, center_fraction, seed, out_json, out_csv,
                        device=torch.device("cpu"), fixed={"backend": hp["backend"], "iterations": hp["iterations"]},
-                       mask_type=mask_type, normalise=normalise, what=f"cs.lam.{method}")
+                       mask_type=mask_type, normalise=normalise, what=f"cs.lam.{method}", **protocol)

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldpm import LdpmError
-from ldpm.baselines import reconstruction_metrics, undersampled_batch, validation_set
-from ldpm.io import SliceFile
+from ldpm.baselines import reconstruction_metrics, training_images, undersampled_batch, validation_set
 from ldpm.losses import VGGPerceptual, charbonnier
 from ldpm.models.swinir import SwinIR, build_swinir
 from ldpm.train import (VAL_SLICES, curve_path, data_parallel, epoch_trainer, optimizer_step, resolve_device,
@@ -115,7 +114,7 @@ def train_swinmr(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
     Validation (with inputs["val"]): PSNR / SSIM of net(x_u) on whole fixed validation slices and masks."""
     seed_everything(seed)
     dev = resolve_device(device)
-    images = SliceFile(inputs["train"])  # read per batch
+    images = training_images(inputs, masks_cfg)  # read per batch
     if (hp["patch_size"] or 0) > min(images.shape[-2:]):
         raise LdpmError(f"config key swinmr.patch_size: {hp['patch_size']} is larger than the "
                         f"{images.shape[-1]} px training images; lower it or set it to null")

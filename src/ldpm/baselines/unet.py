@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from fastmri.models import Unet
 
-from ldpm.baselines import reconstruction_metrics, undersampled_batch, validation_set
-from ldpm.io import SliceFile
+from ldpm.baselines import reconstruction_metrics, training_images, undersampled_batch, validation_set
 from ldpm.train import (VAL_SLICES, curve_path, data_parallel, epoch_trainer, optimizer_step, resolve_device,
                         seed_everything)
 from ldpm.weights import load_official_unet, load_weights, save_weights
@@ -44,7 +43,7 @@ def train_unet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp
     Validation (with inputs["val"]): PSNR / SSIM of the reconstruction on fixed validation slices and masks."""
     seed_everything(seed)
     dev = resolve_device(device)
-    images = SliceFile(inputs["train"])  # read per batch
+    images = training_images(inputs, masks_cfg)  # read per batch
     model = build_unet(hp).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
     sampler, trainer = epoch_trainer({"unet": model}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "unet")

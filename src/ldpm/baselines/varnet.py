@@ -24,8 +24,7 @@ import torch
 from fastmri.losses import SSIMLoss
 from fastmri.models import VarNet
 
-from ldpm.baselines import reconstruction_metrics, undersampled_batch, validation_set
-from ldpm.io import SliceFile
+from ldpm.baselines import reconstruction_metrics, training_images, undersampled_batch, validation_set
 from ldpm.train import (VAL_SLICES, curve_path, data_parallel, epoch_trainer, optimizer_step, resolve_device,
                         seed_everything)
 from ldpm.weights import load_official_varnet, load_weights, save_weights
@@ -55,7 +54,7 @@ def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
     inputs["val"]): PSNR / SSIM on fixed validation slices and masks."""
     seed_everything(seed)
     dev = resolve_device(device)
-    images = SliceFile(inputs["train"])  # read per batch
+    images = training_images(inputs, masks_cfg)  # read per batch
     model = build_varnet(hp).to(dev)
     loss_fn = SSIMLoss().to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])

@@ -55,6 +55,11 @@ class CoilSlices:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, H, W) of the images these slices give (the `ldpm.io.SliceFile` attribute)."""
+        return len(self), self.crop_size, self.crop_size
+
     def __getitem__(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
         picked = range(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows).tolist()
         images, acquired = [], []

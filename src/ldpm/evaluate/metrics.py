@@ -88,7 +88,7 @@ def slice_metrics(gt: np.ndarray, pred: np.ndarray, maxval: float, residual: flo
 
 def evaluate(test_h5: str | Path, test_csv: str | Path, recon_h5: str | Path, masks_npz: str | Path, method: str,
              acceleration: int, out_volumes: str | Path, out_slices: str | Path,
-             training_seed: int = 0) -> pd.DataFrame:
+             training_seed: int = 0, measurement: str = "magnitude") -> pd.DataFrame:
     gt_all, pred_all = read_images(test_h5), read_recon(recon_h5)
     if gt_all.shape != pred_all.shape:
         raise LdpmError(f"{recon_h5}: shape {pred_all.shape} != test set {gt_all.shape}; rerun its reconstruct rule")
@@ -105,7 +105,7 @@ def evaluate(test_h5: str | Path, test_csv: str | Path, recon_h5: str | Path, ma
         for i, sid in enumerate(rows["slice_id"]):
             slice_rows.append({"slice_id": sid, "volume": volume,
                                **slice_metrics(gt[i], pred[i], maxval, residual[i], energy[i])})
-    tag = {"method": method, "acceleration": acceleration, "training_seed": training_seed}
+    tag = {"method": method, "acceleration": acceleration, "training_seed": training_seed, "measurement": measurement}
     volumes = pd.DataFrame(volume_rows).assign(**tag)
     write_table(volumes, out_volumes)
     write_table(pd.DataFrame(slice_rows).assign(**tag), out_slices)

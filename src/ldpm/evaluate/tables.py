@@ -58,12 +58,12 @@ def load_volume_metrics(paths: list[str | Path]) -> pd.DataFrame:
 
 
 def seed_averaged(volumes: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, AF, volume), each metric averaged over the training seeds: what Tables II-III and the
+    """One row per (method, AF, volume[, measurement]), each metric averaged over the training seeds: what Tables II-III and the
     statistics read, so that one seed's luck is not mistaken for a method's."""
     if SEED not in volumes.columns:
         return volumes
     metrics = [c for c in METRIC_COLUMNS if c in volumes.columns]
-    keys = ["method", "acceleration", "volume"]
+    keys = ["method", "acceleration", "volume"] + (["measurement"] if "measurement" in volumes.columns else [])
     rest = volumes.drop(columns=[*metrics, SEED]).groupby(keys, sort=False).first()
     return rest.join(volumes.groupby(keys, sort=False)[metrics].mean()).reset_index()
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from ldpm.baselines import (psnr_ssim, reconstruction_metrics, simulated_measurement, undersampled_batch,
-                            validation_images, validation_set)
+from ldpm.baselines import (psnr_ssim, reconstruction_metrics, simulated_measurement, training_images,
+                            undersampled_batch, validation_images, validation_set)
 from ldpm.io import SliceFile, stable_seed
 from ldpm.losses import PatchDiscriminator, VGGPerceptual, discriminator_loss, mrvae_loss
 from ldpm.method.components import (build_sketcher, load_sketcher, load_vae, natural_patches, pretrained_unet,
@@ -180,7 +180,7 @@ def train_sketcher(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict
     seed_everything(seed)
     dev = resolve_device(device)
     cfg = hp["sketcher"]
-    images = SliceFile(inputs["train"])  # read per batch
+    images = training_images(inputs, masks_cfg)  # read per batch
     net = build_sketcher(hp).to(dev)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
     sampler, trainer = epoch_trainer({"sketcher": net}, {"adam": optimizer},
@@ -306,7 +306,7 @@ def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, ma
     seed_everything(seed)
     dev = resolve_device(device)
     cfg = hp["mrcn"]
-    images = SliceFile(inputs["train"])  # read per batch
+    images = training_images(inputs, masks_cfg)  # read per batch
     unet, prompt = pretrained_unet(inputs, hp)
     model = MRControlNet(unet.to(dev))
     prompt = prompt.to(dev)

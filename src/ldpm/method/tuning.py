@@ -18,11 +18,13 @@ from ldpm.tuning import grid_search
 def tune_sampler(val_h5: str | Path, val_csv: str | Path, weights: dict[str, str], hp: dict, acceleration: int,
                  center_fraction: float, seed: int, out_json: str | Path, out_csv: str | Path,
                  device: str = "auto", batch_size: int = 16, mask_type: str = "random",
-                 normalise: str = "gt_max") -> dict:
+                 normalise: str = "gt_max", **protocol) -> dict:
+    """LDPM's sampler grid (ldpm.tuning.grid) on validation; `protocol`: the measurement (`ldpm.tuning.grid_search`)."""
     dev = resolve_device(device)
     weights = {k: Path(v) for k, v in weights.items() if k != "sampler_tuned"}
     base = sampler_settings(weights, hp)
     return grid_search(lambda settings: build_ldpm(weights, hp, dev, sampler=base | settings), hp["tuning"]["grid"],
                        val_h5, val_csv, hp["tuning"]["val_slices"], acceleration, center_fraction, seed, out_json,
                        out_csv, device=dev, fixed={k: v for k, v in base.items() if k not in hp["tuning"]["grid"]},
-                       batch_size=batch_size, mask_type=mask_type, normalise=normalise, what="ldpm.tuning.grid")
+                       batch_size=batch_size, mask_type=mask_type, normalise=normalise, what="ldpm.tuning.grid",
+                       **protocol)
