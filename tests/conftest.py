@@ -73,6 +73,27 @@ def small_config() -> dict:
     return cfg
 
 
+def multicoil_config(cfg: dict) -> dict:
+    """`cfg` on the image grid (raw matrix = crop = image size 32, centre fraction 0.1: 3 ACS lines for ESPIRiT)
+    with both measurements (and a U-Net trained long enough to beat zero-filled under both)."""
+    cfg["data"]["embedded"]["matrix"] = 32
+    cfg["data"].update(crop_size=32, image_size=32)
+    cfg["masks"]["center_fractions"] = {8: 0.1}
+    cfg["masks"]["train"]["center_fractions"] = [0.1]
+    cfg["unet"]["epochs"] = 150  # 12 training slices at 32²: 300 steps (~40 s) until the U-Net clears zero-filled
+    return cfg | {"measurements": ["magnitude", "multicoil"]}
+
+
+@pytest.fixture(scope="session")
+def multicoil_run(tmp_path_factory) -> Path:
+    """The whole Snakefile run once on multicoil_config(small_config()): every method under both measurements."""
+    workdir = tmp_path_factory.mktemp("multicoil_run")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(multicoil_config(small_config()), sort_keys=False))
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
     """A working directory where the whole Snakefile has run once on small_config(): the end-to-end smoke run,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import yaml
+from conftest import multicoil_config
 from test_pipeline import small_config, snakemake
 
 
@@ -292,16 +293,6 @@ def test_files_reached_through_config_paths_are_declared_inputs(tmp_path):
     assert str(tmp_path / "sd/vae/config.json") in mrvae and str(tmp_path / "vgg16.pth") in mrvae
     assert str(tmp_path / "vgg19.pth") in swinmr and str(tmp_path / "sd") not in swinmr
     assert str(tmp_path / "sd") not in unet and "vgg" not in unet
-
-
-def multicoil_config(cfg: dict) -> dict:
-    """`cfg` on the image grid (raw matrix = crop = image size 32, centre fraction 0.1: 3 ACS lines for ESPIRiT)
-    with both measurements."""
-    cfg["data"]["embedded"]["matrix"] = 32
-    cfg["data"].update(crop_size=32, image_size=32)
-    cfg["masks"]["center_fractions"] = {8: 0.1}
-    cfg["masks"]["train"]["center_fractions"] = [0.1]
-    return cfg | {"measurements": ["magnitude", "multicoil"]}
 
 
 def jobs_by_output(out: str) -> dict[str, str]:

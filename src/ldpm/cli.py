@@ -270,7 +270,20 @@ def cmd_report(a: argparse.Namespace) -> None:
 def cmd_forest_plot(a: argparse.Namespace) -> None:
     from ldpm.evaluate.figures import forest_plot
 
-    forest_plot(a.stats, a.out, protocol_label=f"AF {a.acceleration}, {a.mask_type} masks", confidence=a.confidence)
+    forest_plot(a.stats, a.out, protocol_label=f"{a.measurement} measurement, AF {a.acceleration}, {a.mask_type} masks",
+                confidence=a.confidence)
+
+
+def _statistics_args(s: argparse.ArgumentParser) -> None:
+    """The arguments `stats` and `gap` share: methods, test split, protocol, bootstrap."""
+    s.add_argument("--methods", type=_json, required=True)
+    s.add_argument("--split-filter", type=_json, default={})
+    s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
+                   help="config masks.types value (file names, captions)")
+    s.add_argument("--n-boot", type=int, default=2000)
+    s.add_argument("--confidence", type=float, default=0.95)
+    s.add_argument("--seed", type=int, default=0)
 
 
 def _measurement_args(s: argparse.ArgumentParser) -> None:
@@ -435,14 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="bootstrap CIs over subjects, paired sign-flip tests by subject of LDPM vs "
                        "each method")
     s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--methods", type=_json, required=True)
-    s.add_argument("--split-filter", type=_json, default={})
-    s.add_argument("--acceleration", type=int, required=True)
-    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
-                   help="config masks.types value (file names, captions)")
-    s.add_argument("--n-boot", type=int, default=2000)
-    s.add_argument("--confidence", type=float, default=0.95)
-    s.add_argument("--seed", type=int, default=0)
+    _statistics_args(s)
     s.add_argument("--out-stem", required=True, help="writes <stem>.csv and <stem>.md")
     s.set_defaults(func=cmd_stats)
 
@@ -450,14 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", nargs="+", required=True, help="per-volume metrics of both measurements")
     s.add_argument("--stats-magnitude", required=True, help="stats csv of `ldpm stats`, magnitude measurement")
     s.add_argument("--stats-multicoil", required=True, help="stats csv of `ldpm stats`, multicoil measurement")
-    s.add_argument("--methods", type=_json, required=True)
-    s.add_argument("--split-filter", type=_json, default={})
-    s.add_argument("--acceleration", type=int, required=True)
-    s.add_argument("--mask-type", choices=["random", "equispaced"], default="random",
-                   help="config masks.types value (file names, captions)")
-    s.add_argument("--n-boot", type=int, default=2000)
-    s.add_argument("--confidence", type=float, default=0.95)
-    s.add_argument("--seed", type=int, default=0)
+    _statistics_args(s)
     s.add_argument("--out-stem", required=True, help="writes <stem>.csv, <stem>.md and <stem>.png")
     s.add_argument("--out-png", default=None, help="the figure (default <out-stem>.png)")
     s.set_defaults(func=cmd_gap)
@@ -565,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--acceleration", type=int, required=True)
     s.add_argument("--confidence", type=float, help="the CI level of the statistics (config evaluation.confidence)")
     s.add_argument("--out", required=True)
+    s.add_argument("--measurement", default="magnitude", help="the measurement protocol (title)")
     s.set_defaults(func=cmd_forest_plot)
 
     s = sub.add_parser("audit", help="provenance chain of an output: table ← metrics ← recon ← … ← raw files")

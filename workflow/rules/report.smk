@@ -37,7 +37,8 @@ rule forest_plot:
         LDPM_ENV
     shell:
         stage("ldpm.evaluate.figures") + "forest-plot --stats {input} --mask-type {wildcards.mask} --acceleration "
-        "{wildcards.af} --confidence {params.confidence} --out {output} > {log} 2>&1"
+        "{wildcards.af} --measurement {wildcards.measurement} --confidence {params.confidence} --out {output} > "
+        "{log} 2>&1"
 
 
 # With both measurements: each method's PSNR / SSIM under magnitude beside multicoil, the paired difference with its
