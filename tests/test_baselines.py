@@ -3,6 +3,7 @@ SwinMR's loss, DSM loss, PC sampler physics."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -459,3 +460,17 @@ def test_swinmr_paper_config_training_step_on_a_96_patch():
     loss.backward()
     print(f"SwinMR paper config: one 96² forward + backward {time.time() - t0:.1f} s")
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+
+
+def test_score_mri_weights_metadata_is_the_same_bytes_in_every_process():
+    """diffusers keeps `_use_default_values` in set order, which changes with the process's hash seed: two runs
+    of the same training wrote different safetensors bytes (found comparing two smoke runs). The metadata leaves
+    the private keys out and sorts the rest, and still rebuilds the model."""
+    from diffusers import UNet2DModel
+
+    model = score_mri.build_score_model("tiny", 32)
+    text = score_mri.config_json(model)
+    model.config["_use_default_values"] = list(reversed(model.config["_use_default_values"]))
+    assert score_mri.config_json(model) == text and "_use_default_values" not in text
+    rebuilt = UNet2DModel.from_config(json.loads(text))
+    assert list(rebuilt.config.block_out_channels) == list(model.config.block_out_channels)

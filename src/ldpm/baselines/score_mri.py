@@ -170,9 +170,15 @@ def train_score_mri(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Pat
 
     history = trainer.run(step, validate, curve_path(out))
     save_weights(ema, out, metadata={"method": "score_mri", "seed": str(seed), "model": hp["model"],
-                                     "unet_config": json.dumps(dict(ema.config)),
+                                     "unet_config": config_json(ema),
                                      "sigma_min": str(hp["sigma_min"]), "sigma_max": str(hp["sigma_max"])})
     return history
+
+
+def config_json(model: UNet2DModel) -> str:
+    """The architecture as JSON for the weights' metadata, the same bytes for the same model: diffusers' private
+    keys (`_use_default_values` is a list in set order, which differs between processes) left out, keys sorted."""
+    return json.dumps({k: v for k, v in model.config.items() if not k.startswith("_")}, sort_keys=True)
 
 
 def load_score_model(weights: str | Path) -> tuple[UNet2DModel, dict]:
