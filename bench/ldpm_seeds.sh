@@ -13,8 +13,8 @@ for seed in "${seeds[@]}"; do
   start=$(date +%s)
   snakemake -s Snakefile -d "$dir" --configfile config.yaml --config seed="$seed" "training_seeds=[$seed]" --cores all \
     results/tables/table2_random_af8.csv results/tables/ldpm_diagnostics_random_af8.csv \
-    results/metrics/zero_filled/seed$seed/random_af8_volumes.csv results/metrics/ldpm_final_dc/seed$seed/random_af8_volumes.csv \
-    results/metrics/ldpm_mean_k/seed$seed/random_af8_volumes.csv > "$dir/snakemake.log" 2>&1
+    results/metrics/zero_filled/seed$seed/magnitude_random_af8_volumes.csv results/metrics/ldpm_final_dc/seed$seed/magnitude_random_af8_volumes.csv \
+    results/metrics/ldpm_mean_k/seed$seed/magnitude_random_af8_volumes.csv > "$dir/snakemake.log" 2>&1
   echo "seed $seed: $(( $(date +%s) - start )) s"
 done
 python - "${seeds[@]}" <<'PY'
@@ -25,7 +25,7 @@ for seed in sys.argv[1:]:
     d = f"bench/seeds/seed{seed}/results"
     diag = pd.read_csv(f"{d}/tables/ldpm_diagnostics_random_af8.csv", index_col=0)
     t2 = pd.read_csv(f"{d}/tables/table2_random_af8.csv", index_col=0)
-    res = {m: pd.read_csv(f"{d}/metrics/{m}/seed{seed}/random_af8_volumes.csv").query("dataset == 'brain'")
+    res = {m: pd.read_csv(f"{d}/metrics/{m}/seed{seed}/magnitude_random_af8_volumes.csv").query("dataset == 'brain'")
            for m in ("zero_filled", "ldpm", "ldpm_final_dc", "ldpm_mean_k")}
     for name, row in diag.iterrows():
         rows.append({"seed": seed, "row": name, "PSNR": row["all PSNR"], "SSIM": row["all SSIM"],

@@ -62,7 +62,7 @@ workflow() {  # workflow NAME [TARGETS / SNAKEMAKE ARGS...]: one run in $WORK/NA
 [ -f "$WORK/rehearsal/STAND-IN.json" ] || timed inputs python -m ldpm rehearsal-inputs --out "$WORK/rehearsal" \
     --profile "$PROFILE"
 workflow paper --configfile "${LAYERS[@]}" "${DEVICE[@]}"
-workflow official results/metrics/{unet,varnet}/seed0/equispaced_af8_volumes.csv \
+workflow official results/metrics/{unet,varnet}/seed0/magnitude_equispaced_af8_volumes.csv \
     --configfile "${LAYERS[@]}" "$C/rehearsal-official.yaml" "${DEVICE[@]}"
 if [ "$MODE" = gpu ] && [ "$(nvidia-smi -L | grep -c '^GPU ')" -ge 2 ]; then
     workflow train2 --until train --configfile "${LAYERS[@]}" --config device=cuda train_processes=2

@@ -43,8 +43,13 @@ def test_the_rss_of_the_coil_slices_is_the_stored_ground_truth(on_grid):
     assert torch.equal(picked, images[[2, 0]])
 
 
-def test_the_multicoil_measurement_needs_the_image_grid(on_grid):
-    coils = CoilSlices(on_grid / "test.csv", [on_grid / "index.csv"], 48)
+def test_the_multicoil_measurement_needs_the_image_grid(on_grid, tmp_path):
+    """Off-grid volumes are refused when the job starts (from the index's kspace_width), naming a file and the key;
+    without that column, at the first batch."""
+    with pytest.raises(LdpmError, match=r"\.h5: k-space 64 columns wide .*data.crop_size"):
+        CoilSlices(on_grid / "test.csv", [on_grid / "index.csv"], 48)
+    pd.read_csv(on_grid / "index.csv").drop(columns="kspace_width").to_csv(tmp_path / "index.csv", index=False)
+    coils = CoilSlices(on_grid / "test.csv", [tmp_path / "index.csv"], 48)
     with pytest.raises(LdpmError, match=r"data.crop_size"):
         coils[:1]
 

@@ -51,6 +51,14 @@ class CoilSlices:
                             f"rerun the workflow")
         self.paths = [paths[v] for v in self.rows["volume"].astype(str)]
         self.crop_size = crop_size
+        if "kspace_width" in index.columns:  # refuse off-grid volumes when the job starts, not at their batch
+            widths = dict(zip(index["volume"].astype(str), index["kspace_width"]))
+            off = [v for v in dict.fromkeys(self.rows["volume"].astype(str)) if widths[v] != crop_size]
+            if off:
+                raise LdpmError(f"{paths[off[0]]}: k-space {widths[off[0]]} columns wide ({len(off)} volume(s) of "
+                                f"{slices_csv} are off the grid); the multicoil measurement works at the image grid "
+                                f"without a resize, so it needs {crop_size} phase-encode columns (data.crop_size); "
+                                f"score this dataset under `measurements: [magnitude]` or set data.crop_size")
 
     def __len__(self) -> int:
         return len(self.rows)
