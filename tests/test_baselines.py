@@ -474,3 +474,23 @@ def test_score_mri_weights_metadata_is_the_same_bytes_in_every_process():
     assert score_mri.config_json(model) == text and "_use_default_values" not in text
     rebuilt = UNet2DModel.from_config(json.loads(text))
     assert list(rebuilt.config.block_out_channels) == list(model.config.block_out_channels)
+
+
+def test_varnet_runs_a_batch_of_mixed_coil_counts_per_count():
+    """Real fastMRI brain mixes coil counts and the coil slices are zero-padded to the batch's most: a padded slice
+    gets what it gets alone on its own coils (an all-zero coil would make VarNet's NormUnet divide by 0)."""
+    torch.manual_seed(0)
+    model = varnet.build_varnet(TINY_VARNET).eval()
+    k = torch.randn(3, 4, 16, 16, dtype=torch.complex64)
+    k[1, 2:] = 0  # a 2-coil slice padded to 4
+    mask = torch.ones(3, 1, 1, 16)
+    mask[..., ::3] = 0
+    mask[..., 6:10] = 1
+    k = k * mask
+    with torch.no_grad():
+        batch = varnet.varnet_reconstruct(model, k, mask)
+        alone = varnet.varnet_reconstruct(model, k[1:2, :2], mask[1:2])
+        rest = varnet.varnet_reconstruct(model, k[[0, 2]], mask[[0, 2]])
+    assert torch.isfinite(batch).all()
+    torch.testing.assert_close(batch[1:2], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batch[[0, 2]], rest, rtol=1e-5, atol=1e-6)

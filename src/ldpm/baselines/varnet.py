@@ -38,13 +38,23 @@ def build_varnet(hp: dict) -> VarNet:
 
 
 def varnet_reconstruct(model: VarNet, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,1,H,W) complex k_u and (B,1,1,W) 0/1 mask → (B,1,H,W) magnitude.
+    """(B,C,H,W) complex k_u and (B,1,1,W) 0/1 mask → (B,1,H,W) magnitude (RSS over VarNet's coils).
 
-    The coil axis is our channel axis (1 coil). num_low_frequencies=None lets VarNet find the fully sampled centre
-    from the mask (the symmetric run of ones around the centre), as fastMRI does when the count is not given.
+    The coil axis is our channel axis: 1 coil under the magnitude measurement, the raw coils under multicoil.
+    num_low_frequencies=None lets VarNet find the fully sampled centre from the mask (the symmetric run of ones around
+    the centre), as fastMRI does when the count is not given. A batch whose slices have fewer coils than it holds
+    (`ldpm.data.coils` zero-pads them at the end) runs per coil count on each slice's own coils: VarNet's NormUnet
+    divides by every coil's std, which an all-zero coil makes 0.
     """
-    masked_kspace = torch.view_as_real(k_u.to(torch.complex64)).contiguous()  # (B, 1, H, W, 2)
-    return model(masked_kspace, mask[..., None].bool(), None)[:, None]
+    coils = (k_u.flatten(2).abs().amax(-1) > 0).sum(1).clamp_min(1)  # coils holding data, per slice
+    if bool((coils == k_u.shape[1]).all()):
+        masked_kspace = torch.view_as_real(k_u.to(torch.complex64)).contiguous()  # (B, C, H, W, 2)
+        return model(masked_kspace, mask[..., None].bool(), None)[:, None]
+    out = torch.empty(k_u.shape[0], 1, *k_u.shape[-2:], device=k_u.device)
+    for n in coils.unique().tolist():
+        rows = coils == n
+        out[rows] = varnet_reconstruct(model, k_u[rows, :n], mask[rows]).to(out.dtype)
+    return out
 
 
 def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
