@@ -42,13 +42,13 @@ def prepared(tmp_path_factory, datasets) -> Path:
 
 
 def snakemake(workdir: Path, *args: str, env: dict | None = None, cores: int | None = 2,
-              cwd: Path | None = None) -> subprocess.CompletedProcess:
+              cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     # An empty torch hub cache: the perceptual metrics must read n/a here even where a user has the weights.
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                         "TORCH_HOME": str(workdir / "torch_home")} | (env or {})
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                            *(["--cores", str(cores)] if cores else []), *args], capture_output=True, text=True, env=env,
-                          timeout=900, cwd=cwd)
+                          timeout=timeout, cwd=cwd)
 
 
 def small_config() -> dict:
@@ -89,7 +89,7 @@ def multicoil_run(tmp_path_factory) -> Path:
     """The whole Snakefile run once on multicoil_config(small_config()): every method under both measurements."""
     workdir = tmp_path_factory.mktemp("multicoil_run")
     (workdir / "config.yaml").write_text(yaml.safe_dump(multicoil_config(small_config()), sort_keys=False))
-    result = snakemake(workdir)
+    result = snakemake(workdir, timeout=3600)  # 20 min on a 2-core box (2026-12-05)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
