@@ -237,10 +237,15 @@ def acs_phase(k_u: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, acs: li
                        torch.ones_like(image))
 
 
-def multicoil_measurement(coil_images: torch.Tensor, mask: torch.Tensor) -> Measurement:
+def multicoil_measurement(coil_images: torch.Tensor, mask: torch.Tensor,
+                          acquired: torch.Tensor | None = None) -> Measurement:
     """The multicoil instance from fully sampled coil images (B, C, H, W) at the image grid: k_u = F(coils)·M, the
-    zero-filled RSS, ESPIRiT maps from each slice's own ACS columns of k_u (`espirit_maps`) and the ACS phase."""
-    return Measurement(fft2(coil_images) * mask, mask, estimate=sense_estimate)
+    zero-filled RSS, ESPIRiT maps from each slice's own ACS columns of k_u (`espirit_maps`) and the ACS phase.
+    `acquired` (B, 1, 1, W), the columns the raw data holds (`ldpm.data.coils`), multiplies the mask: no mask
+    samples a padding column. Everything moves to the mask's device."""
+    if acquired is not None:
+        mask = mask * acquired.to(mask.device)
+    return Measurement(fft2(coil_images.to(mask.device)) * mask, mask, estimate=sense_estimate)
 
 
 def sense_estimate(k_u: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ from ldpm import LdpmError
 from ldpm.data.masks import load_test_masks
 from ldpm.io import atomic_output, read_images, read_table
 from ldpm.physics import (Measurement, check_measurement, clip_output, measure,  # clip_output: the policy, defined there
-                          multicoil_measurement, scaled_method)
+                          scaled_method)
 from ldpm.stages import RECONSTRUCTORS, resolve
 from ldpm.train import autocast, resolve_device
 
@@ -81,8 +81,7 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
             if coils is None:
                 meas = measure(x, mask)
             else:  # maps and phase estimated here, from each slice's own ACS: the same for every method
-                coil, acquired = coils[start:start + batch_size]
-                meas = multicoil_measurement(coil.to(dev), mask * acquired.to(dev))
+                meas = coils.measurement(slice(start, start + batch_size), mask)
             with cost.measure(len(x), count_flops=start == 0, timed=start > 0 or len(starts) == 1):
                 image = clip_output(run(meas).float())
                 out_images[start:start + len(x)] = image[:, 0].detach().cpu().numpy()

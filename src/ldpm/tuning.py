@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ldpm.data.masks import sample_mask
 from ldpm.evaluate import protocol
 from ldpm.io import atomic_output, read_images, read_table, stable_seed, write_table
-from ldpm.physics import Measurement, check_measurement, clip_output, measure, multicoil_measurement, scaled_method
+from ldpm.physics import Measurement, check_measurement, clip_output, measure, scaled_method
 
 log = logging.getLogger("ldpm.tuning")
 
@@ -65,8 +65,7 @@ def measurements(x: torch.Tensor, masks: torch.Tensor, rows: np.ndarray, batch_s
         if coils is None:
             out.append(measure(xb, mb))
         else:
-            coil, acquired = coils[rows[start:start + batch_size]]
-            out.append(multicoil_measurement(coil.to(device), mb * acquired.to(device)))
+            out.append(coils.measurement(rows[start:start + batch_size], mb))
     return out
 
 

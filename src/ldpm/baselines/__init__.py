@@ -56,7 +56,7 @@ def simulated_measurement(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor
     x = batch if coils is None else rss(coils)
     mask = batch_masks(rng, len(x), x.shape[-1], masks_cfg["accelerations"], masks_cfg["center_fractions"],
                        masks_cfg.get("type", "random")).to(x.device)
-    meas = measure(x, mask) if coils is None else multicoil_measurement(coils, mask * acquired)
+    meas = measure(x, mask) if coils is None else multicoil_measurement(coils, mask, acquired)
     return normalised(x, meas, masks_cfg)
 
 
@@ -121,8 +121,7 @@ def validation_set(inputs: dict, n_slices: int, seed: int, masks_cfg: dict, devi
                                       for i in index])).float()[:, None, None, :]
     x, mask = x.to(device), mask.to(device)
     if is_multicoil(masks_cfg):  # the stored slices are the targets; the measurement is their raw coil k-space
-        coils, acquired = CoilSlices(inputs["val_csv"], index_files(inputs), masks_cfg["crop_size"])[index]
-        meas = multicoil_measurement(coils.to(device), mask * acquired.to(device))
+        meas = CoilSlices(inputs["val_csv"], index_files(inputs), masks_cfg["crop_size"]).measurement(index, mask)
     else:
         meas = measure(x, mask)
     x, meas = normalised(x, meas, masks_cfg)

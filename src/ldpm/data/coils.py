@@ -19,6 +19,7 @@ import torch
 from ldpm import LdpmError
 from ldpm.data.ismrmrd import acquired_columns, parse_header
 from ldpm.io import open_h5, read_table
+from ldpm.physics import Measurement, multicoil_measurement
 
 
 def coil_images(kspace: np.ndarray, crop_size: int, path: str = "") -> np.ndarray:
@@ -88,3 +89,8 @@ class CoilSlices:
         for b, x in enumerate(images):
             batch[b, :len(x)] = x
         return torch.from_numpy(batch), torch.from_numpy(np.stack(acquired))[:, None, None, :]
+
+    def measurement(self, rows, mask: torch.Tensor) -> Measurement:
+        """The multicoil measurement of `rows` under `mask` (B, 1, 1, W), on the mask's device."""
+        coils, acquired = self[rows]
+        return multicoil_measurement(coils, mask, acquired)
