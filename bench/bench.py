@@ -9,9 +9,13 @@ P2  The whole preprocessing stage (split, shard jobs, gather: h5 writes and norm
 P3  End-to-end default pipeline from clean, and the no-op rerun (optional: --p3, takes the full pipeline time).
 P5  Classical CS (ldpm.baselines.cs, sigpy, 200 iterations, one coil) per slice at 320² and 64², beside P1's
     LDPM and Score-MRI (optional: --p5).
+P6  The embedded default with both measurements (`measurements=[magnitude,multicoil]`, issue 21) from clean: its
+    time, the protocol gap per method, and its magnitude outputs against a magnitude-only run's, byte for byte
+    (optional: --p6 --p6-dir DIR [--p6-magnitude-dir DIR]; --p6-seconds S records a run already in DIR, timed
+    outside, e.g. by /usr/bin/time).
 
 Each P1 measurement runs in its own process so its peak resident memory (ru_maxrss) is its own.
-Run: .venv/bin/python bench/bench.py [--p1] [--p2] [--p3] [--p5] [--device auto]   (no flag = P1 and P2)
+Run: .venv/bin/python bench/bench.py [--p1] [--p2] [--p3] [--p5] [--p6] [--device auto]   (no flag = P1 and P2)
 """
 
 from __future__ import annotations
@@ -322,6 +326,91 @@ def p3(workdir: str | None) -> dict:
     return {"full_s": full, "noop_s": noop, "noop_nothing_to_do": nothing_to_do}
 
 
+# ------------------------------------------------------------------------------------------------------ P6
+BOTH = "measurements=[magnitude,multicoil]"
+NOT_COMPARED = ("logs", "benchmarks", "provenance", "checkpoints")  # wall times, dates, job logs: run records
+
+
+def p6(workdir: str, magnitude_dir: str | None, seconds: float | None) -> dict:
+    """The default with both measurements from clean in `workdir` (timed here; or, with `seconds`, a finished run
+    already there, timed outside), the protocol gap tables it wrote, and with `magnitude_dir` (a magnitude-only
+    run of the same default) the comparison of every output that run wrote (`compare_outputs`)."""
+    import pandas as pd
+
+    work = Path(workdir)
+    if seconds is None:
+        if (work / "results").exists():
+            raise SystemExit(f"bench: {work}/results exists; P6 times a run from clean (or give --p6-seconds)")
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "config.yaml", work)
+        env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "all",
+               "--config", BOTH]
+        seconds = _timed(lambda: subprocess.run(cmd, check=True, env=env, capture_output=True))
+    gaps = {path.stem: pd.read_csv(path).to_dict("records")
+            for path in sorted((work / "results/tables").glob("protocol_gap_*.csv"))}
+    if not gaps:
+        raise SystemExit(f"bench: no {work}/results/tables/protocol_gap_*.csv; run the default with --config {BOTH}")
+    out = {"seconds": seconds, "gaps": gaps}
+    if magnitude_dir:
+        out["comparison"] = compare_outputs(Path(magnitude_dir) / "results", work / "results")
+    return out
+
+
+def compare_outputs(magnitude: Path, both: Path) -> dict:
+    """Every file the magnitude-only run wrote (run records left out: `NOT_COMPARED`) against the same path in the
+    run with both measurements: identical bytes; h5 files whose datasets are identical and whose attributes differ
+    (a reconstruction's measured seconds and memory per slice); different; missing."""
+    import h5py
+
+    def h5_data(path: Path) -> dict:
+        with h5py.File(path) as fh:
+            return {name: fh[name][()].tobytes() for name in fh}
+
+    result = {"identical": [], "same_h5_data": [], "different": [], "missing": []}
+    for path in sorted(p for p in magnitude.rglob("*") if p.is_file()):
+        rel = path.relative_to(magnitude)
+        if rel.parts[0] in NOT_COMPARED:
+            continue
+        other = both / rel
+        if not other.exists():
+            result["missing"].append(str(rel))
+        elif path.read_bytes() == other.read_bytes():
+            result["identical"].append(str(rel))
+        elif path.suffix == ".h5" and h5_data(path) == h5_data(other):
+            result["same_h5_data"].append(str(rel))
+        else:
+            result["different"].append(str(rel))
+    return result
+
+
+def p6_markdown(r: dict) -> list[str]:
+    lines = ["## P6: the embedded default under both measurements (issue 21)", "", *measured_on(r),
+             f"`snakemake --cores all --config '{BOTH}'` from clean: **{r['seconds'] / 60:.1f} min**.", ""]
+    for name, rows in r["gaps"].items():
+        lines += [f"Protocol gap ({name}): each method's mean over test subjects under the paper's magnitude "
+                  "simulation and under the raw multicoil k-space, the gap multicoil − magnitude with its 95 % "
+                  "bootstrap CI over subjects, and the rank under each.", "",
+                  "| method | metric | magnitude | multicoil | gap | gap CI | rank mag. | rank multi. |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            f = ".2f" if row["metric"] == "psnr" else ".4f"
+            lines.append(f"| {row['method']} | {row['metric']} | {row['magnitude']:{f}} | {row['multicoil']:{f}} | "
+                         f"{row['gap']:+{f}} | [{row['gap_ci_low']:+{f}}, {row['gap_ci_high']:+{f}}] | "
+                         f"{row['rank_magnitude']:.0f} | {row['rank_multicoil']:.0f} |")
+        lines.append("")
+    if "comparison" in r:
+        c = r["comparison"]
+        lines += [f"Against a magnitude-only run of the same default, every file it wrote (run records left out: "
+                  f"{', '.join(NOT_COMPARED)}): {len(c['identical'])} identical to the byte, "
+                  f"{len(c['same_h5_data'])} h5 files with identical datasets (attributes: measured seconds and "
+                  f"memory per slice), {len(c['different'])} different, {len(c['missing'])} missing.", ""]
+        lines += [f"- different: `{name}`" for name in c["different"]]
+        lines += [f"- missing: `{name}`" for name in c["missing"]]
+        lines.append("")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------------ report
 def _gf(flops: float) -> str:
     return f"{flops / 1e12:.2f} TFLOP"
@@ -391,6 +480,7 @@ def write_markdown(res: dict) -> str:
                   f"{r.get('noop_nothing_to_do', 'not recorded')})", ""]
     lines += p4_markdown(res["p4"]) if "p4" in res else []
     lines += p5_markdown(res["p5"], res.get("p1")) if "p5" in res else []
+    lines += p6_markdown(res["p6"]) if "p6" in res else []
     lines += ["## Paper-path rehearsal", "", "`bash bench/rehearsal.sh cpu|gpu WORKDIR --record` writes its own record: "
               "bench/rehearsal-cpu.md (2 CPU cores) and bench/rehearsal-gpu.md, with per-rule peak memory in "
               "bench/rehearsal-*-peaks.csv.", ""]
@@ -412,8 +502,14 @@ def main() -> None:
     ap.add_argument("--p2-volumes", type=int, default=16, help="3.4 GB of raw files in a temporary directory")
     ap.add_argument("--p2-dir", help="P2's raw data directory, kept and reused (default: a temporary one)")
     ap.add_argument("--p3-dir", help="P3's working directory, kept afterwards (default: a temporary one)")
+    ap.add_argument("--p6", action="store_true", help="the default under both measurements: time, protocol gap")
+    ap.add_argument("--p6-dir", help="P6's working directory (empty: the run is timed here)")
+    ap.add_argument("--p6-magnitude-dir", help="a magnitude-only run of the default, to compare outputs against")
+    ap.add_argument("--p6-seconds", type=float, help="P6: the run in --p6-dir is finished; its time, measured outside")
     a = ap.parse_args()
-    if not (a.p1 or a.p2 or a.p3 or a.p4 or a.p5):
+    if a.p6 and not a.p6_dir:
+        ap.error("--p6 needs --p6-dir")
+    if not (a.p1 or a.p2 or a.p3 or a.p4 or a.p5 or a.p6):
         a.p1 = a.p2 = True
     res = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     res |= {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {a.device}",
@@ -429,6 +525,8 @@ def main() -> None:
         res["p4"] = p4() | where
     if a.p5:
         res["p5"] = p5() | where
+    if a.p6:
+        res["p6"] = p6(a.p6_dir, a.p6_magnitude_dir, a.p6_seconds) | where
     RESULTS_JSON.write_text(json.dumps(res, indent=1))
     RESULTS_MD.write_text(write_markdown(res))
     print(RESULTS_MD.read_text())

@@ -2,8 +2,10 @@
 # The paper-path rehearsal (issue 14): configs/paper.yaml run end to end with configs/rehearsal.yaml (every paper
 # value but the amounts of work: 1 epoch per stage, Score-MRI N = 2, 2 Dual-Stage Sampler steps) on the stand-in
 # inputs of `ldpm rehearsal-inputs` (random weights in the real architectures, simulated fastMRI files at the real
-# sizes), then the official-weight rows (configs/rehearsal-official.yaml) in a second working directory. Nothing it
-# computes is a result; it proves the paper path, and measures its time and memory, before anyone spends GPU days.
+# sizes); then the same directory again with the multicoil measurement beside the paper's (issue 21: only its
+# trainings and reconstructions run), and the official-weight rows under both measurements
+# (configs/rehearsal-official.yaml) in a second working directory. Nothing it computes is a result; it proves the
+# paper path, and measures its time and memory, before anyone spends GPU days.
 #
 #   bash bench/rehearsal.sh cpu|gpu [WORKDIR] [--record]      (run from anywhere, in the ldpm environment)
 #
@@ -24,7 +26,8 @@
 # backward ~3x, 7 stages, 2-4 steps each plus validation), reconstructions ~1 PFLOP (30 slices x: LDPM 7.9 x 4 runs
 # + diagnostics, Score-MRI 8.2, SwinMR 2.5, U-Net / VarNet < 1): ~15 s of bf16 compute at a realistic
 # 100 TFLOP/s. The time is start-up: ~50 jobs x (Python and torch import ~5 s; SD-2-1-base and CLIP text encoder
-# load ~10 s in the ~12 LDPM jobs) ~ 3-4 min. The official rows: 8 jobs, ~1 min.
+# load ~10 s in the ~12 LDPM jobs) ~ 3-4 min. The multicoil pass: 5 trainings and ~8 reconstructions (ESPIRiT
+# maps per test slice on the GPU), ~2 min more. The official rows under both measurements: ~12 jobs, ~1-2 min.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +37,7 @@ RECORD=${3:-}
 C="$REPO/configs"
 case $MODE in
     cpu) PROFILE=cpu; LAYERS=("$C/paper.yaml" "$C/rehearsal.yaml" "$C/rehearsal-cpu.yaml"); DEVICE=() ;;
-    gpu) PROFILE=full; LAYERS=("$C/paper.yaml" "$C/rehearsal.yaml"); DEVICE=(--config device=cuda train_processes=1)
+    gpu) PROFILE=full; LAYERS=("$C/paper.yaml" "$C/rehearsal.yaml"); DEVICE=(device=cuda train_processes=1)
          nvidia-smi -L ;;
     *) echo "bench/rehearsal.sh: error: mode '$MODE': expected cpu or gpu" >&2; exit 2 ;;
 esac
@@ -51,21 +54,31 @@ timed() {  # timed NAME COMMAND...: run, append "NAME<TAB>seconds" to times.tsv,
     printf '%s\t%s\n' "$name" "$((SECONDS - t0))" | tee -a "$WORK/times.tsv"
 }
 
-workflow() {  # workflow NAME [TARGETS / SNAKEMAKE ARGS...]: one run in $WORK/NAME, reading the shared stand-ins
-    local name=$1
-    shift
-    mkdir -p "$WORK/$name"
-    ln -sfn "$WORK/rehearsal" "$WORK/$name/rehearsal"
-    timed "$name" snakemake -s "$REPO/Snakefile" -d "$WORK/$name" --cores all "$@"
+workflow() {  # workflow NAME DIR [TARGETS / SNAKEMAKE ARGS...]: a run timed as NAME in $WORK/DIR, reading the
+    local name=$1 dir=$2  # shared stand-ins
+    shift 2
+    mkdir -p "$WORK/$dir"
+    ln -sfn "$WORK/rehearsal" "$WORK/$dir/rehearsal"
+    timed "$name" snakemake -s "$REPO/Snakefile" -d "$WORK/$dir" --cores all "$@"
+}
+with_config() {  # with_config [KEY=VALUE...]: CONFIG = one --config with the mode's device settings and these (a
+    local values=("${DEVICE[@]}" "$@")  # second --config would replace the first)
+    CONFIG=()
+    [ ${#values[@]} -eq 0 ] || CONFIG=(--config "${values[@]}")
 }
 
 [ -f "$WORK/rehearsal/STAND-IN.json" ] || timed inputs python -m ldpm rehearsal-inputs --out "$WORK/rehearsal" \
     --profile "$PROFILE"
-workflow paper --configfile "${LAYERS[@]}" "${DEVICE[@]}"
-workflow official results/metrics/{unet,varnet}/seed0/magnitude_equispaced_af8_volumes.csv \
-    --configfile "${LAYERS[@]}" "$C/rehearsal-official.yaml" "${DEVICE[@]}"
+with_config
+workflow paper paper --configfile "${LAYERS[@]}" "${CONFIG[@]}"
+# the multicoil pass (issue 21): every Table I method once more on the raw coil k-space, in the same directory, so
+# only the multicoil trainings and reconstructions (and the protocol gap) run
+with_config "measurements=[magnitude,multicoil]"
+workflow multicoil paper --configfile "${LAYERS[@]}" "${CONFIG[@]}"
+workflow official official results/metrics/{unet,varnet}/seed0/{magnitude,multicoil}_equispaced_af8_volumes.csv \
+    --configfile "${LAYERS[@]}" "$C/rehearsal-official.yaml" "${CONFIG[@]}"
 if [ "$MODE" = gpu ] && [ "$(nvidia-smi -L | grep -c '^GPU ')" -ge 2 ]; then
-    workflow train2 --until train --configfile "${LAYERS[@]}" --config device=cuda train_processes=2
+    workflow train2 train2 --until train --configfile "${LAYERS[@]}" --config device=cuda train_processes=2
 fi
 if [ "$RECORD" = --record ]; then
     python "$REPO/bench/rehearsal_table.py" "$WORK" --mode "$MODE" --out "$REPO/bench"

@@ -100,6 +100,7 @@ def finished_run(tmp_path_factory) -> Path:
     shared by the tests that read its outputs or ask Snakemake what a change would rerun."""
     workdir = tmp_path_factory.mktemp("run")
     (workdir / "config.yaml").write_text(yaml.safe_dump(small_config(), sort_keys=False))
-    result = snakemake(workdir)
+    # ~8 min on an idle 2-core box (2026-11-30); 900 s ran out beside a pipeline run, and 2-core machines differ 3-4x
+    result = snakemake(workdir, timeout=2700)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir

@@ -62,6 +62,48 @@ def test_adjoint_is_the_adjoint_of_the_forward_model(instance):
     assert abs(lhs) > 1  # not trivially 0 = 0
 
 
+@pytest.mark.parametrize("raw", [40, 41, 24, 23])
+def test_an_image_grid_off_the_raw_width_is_the_raw_grids_centre(raw):
+    """Raw k-space wider (fastMRI knee: 368 for a 320 image) or narrower (some brain files) than the image grid, even
+    and odd differences: the image is the raw grid's centre columns at fastMRI's centre-crop offset. Written out in
+    numpy: A(m) = M·F(S·P·pad(m)), x_u = crop(RSS(F⁻¹ k_u)); the adjoint is the adjoint; DC with consistent data
+    gives the image back."""
+    rng = np.random.default_rng(raw)
+    coils = 3
+    maps = rng.standard_normal((1, coils, H, raw)) + 1j * rng.standard_normal((1, coils, H, raw))
+    maps /= np.sqrt((np.abs(maps) ** 2).sum(1, keepdims=True))
+    phase = np.exp(1j * rng.uniform(-1, 1, (1, 1, H, raw)))
+    mask = (rng.random((1, 1, 1, raw)) < 0.4).astype(np.float32)
+    k_u = (rng.standard_normal((1, coils, H, raw)) + 1j * rng.standard_normal((1, coils, H, raw))) * mask
+    meas = Measurement(torch.from_numpy(k_u.astype(np.complex64)), torch.from_numpy(mask),
+                       maps=torch.from_numpy(maps.astype(np.complex64)),
+                       phase=torch.from_numpy(phase.astype(np.complex64)), width=W)
+
+    def np_to_raw(m):  # numpy's pad / slice at fastMRI's offset (W - w) // 2
+        if raw >= W:
+            return np.pad(m, [(0, 0)] * 3 + [((raw - W) // 2, raw - W - (raw - W) // 2)])
+        return m[..., (W - raw) // 2:(W - raw) // 2 + raw]
+
+    def np_to_grid(r):
+        if raw >= W:
+            return r[..., (raw - W) // 2:(raw - W) // 2 + W]
+        return np.pad(r, [(0, 0)] * 3 + [((W - raw) // 2, W - raw - (W - raw) // 2)])
+
+    m = rng.random((1, 1, H, W)).astype(np.float32)
+    np.testing.assert_allclose(meas.forward(torch.from_numpy(m)).numpy(),
+                               np_fft2c(maps * phase * np_to_raw(m)) * mask, atol=1e-5)
+    np.testing.assert_allclose(meas.x_u.numpy(), np_to_grid(np.sqrt((np.abs(np_ifft2c(k_u)) ** 2).sum(1, keepdims=True))),
+                               rtol=1e-5, atol=1e-5)
+    assert meas.x_u.shape == (1, 1, H, W)
+    x, y = crandn(1, 1, H, W, seed=7), crandn(1, coils, H, raw, seed=8)
+    lhs, rhs = inner(meas.forward(x), y), inner(x, meas.adjoint(y))
+    assert abs(lhs - rhs) < 1e-4 * abs(lhs) and abs(lhs) > 1
+    inside = torch.from_numpy(np_to_grid(np_to_raw(np.ones((1, 1, H, W), np.float32))))  # the columns both grids hold
+    consistent = Measurement(meas.forward(torch.from_numpy(m)), meas.mask, maps=meas.maps, phase=meas.phase, width=W)
+    torch.testing.assert_close(consistent.data_consistency(torch.from_numpy(m)), torch.from_numpy(m * inside.numpy())
+                               .to(torch.complex64), atol=1e-5, rtol=0)
+
+
 def test_the_forward_model_is_mask_fft_maps_phase_written_out():
     """A(m) = M·F(S·P·m) per coil, with numpy's FFT."""
     meas = multicoil()

@@ -204,7 +204,7 @@ def test_training_measurements_follow_the_same_rule(tmp_path):
             cfg = masks_cfg | ({"normalise": rule} if rule else {})
             x, meas = undersampled_batch(images, sampler, 3, 0, cfg, torch.device("cpu"))
             val = validation_set({"val": tmp_path / str(scale) / "val.h5"}, 4, 0, cfg, torch.device("cpu"), "t")
-            batches[rule, scale] = (x, meas.mask, meas.k_u, meas.x_u, val.x, val.meas.k_u, val.meas.x_u)
+            batches[rule, scale] = (x, meas.mask, meas.k_u, meas.x_u, val.x, val.parts[0].k_u, val.parts[0].x_u)
         assert torch.equal(batches["gt_max", scale][0], images[sampler.batch(3)][:, None])
         for a, b in zip(batches["gt_max", scale], batches[None, scale]):
             assert torch.equal(a, b)

@@ -34,7 +34,9 @@ CPU_KEYS = {
 # ... and configs/rehearsal-official.yaml on top of either (the official-weight rows, in their own working directory).
 OFFICIAL_KEYS = {"data.datasets.heldout.role", "data.datasets.heldout.paths", "data.split.test_fraction",
                  "masks.types", "unet.official", "varnet.official"}
-OFFICIAL_TARGETS = [f"results/metrics/{m}/seed0/magnitude_equispaced_af8_volumes.csv" for m in ("unet", "varnet")]
+OFFICIAL_TARGETS = [f"results/metrics/{m}/seed0/{meas}_equispaced_af8_volumes.csv" for m in ("unet", "varnet")
+                    for meas in ("magnitude", "multicoil")]
+BOTH = "measurements=[magnitude,multicoil]"  # bench/rehearsal.sh's multicoil pass and official rows
 STAND_IN_DIRS = ["rehearsal/brain", "rehearsal/brain_heldout", "rehearsal/knee", "rehearsal/stable-diffusion-2-1-base",
                  "rehearsal/weights"]
 
@@ -277,9 +279,10 @@ def test_overlay_dry_runs_under_the_slurm_profile_without_cores(tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert "index" in out and "gpu=1" in out
-    # the official-weight rows: reconstructed from the official state dicts, nothing trained for them
-    result = snakemake_cmd(tmp_path, str(REPO / "configs/rehearsal-official.yaml"), "--quiet", "rules", "-n",
-                           *OFFICIAL_TARGETS)
+    # the official-weight rows under both measurements (the multicoil ones on the raw coil k-space the official
+    # models were trained on): reconstructed from the official state dicts, nothing trained for them
+    result = snakemake_cmd(tmp_path, str(REPO / "configs/rehearsal-official.yaml"), "--config", BOTH, "--quiet",
+                           "rules", "-n", *OFFICIAL_TARGETS)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert "reconstruct" in out and "metrics" in out and "train" not in out, out[-3000:]
@@ -360,6 +363,10 @@ def test_paper_path_rehearsal_runs_to_the_report_on_cpu(tmp_path):
     assert "nothing in this report is a result" in (paper / "report.html").read_text()
     for model in ("ldpm_mrcn", "ldpm_mrcn_no_mrvae", "ldpm_mrcn_no_skm"):  # the retrained ablations' MRCNs too
         assert (paper / f"benchmarks/train_{model}_seed0.tsv").is_file(), model
+    for method in ("zero_filled", "unet", "varnet", "swinmr", "score_mri", "ldpm"):  # the multicoil pass
+        assert (paper / f"metrics/{method}/seed0/multicoil_random_af8_volumes.csv").is_file(), method
+    assert (paper / "tables/protocol_gap_random_af8.csv").is_file()
     for method in ("unet", "varnet"):  # the official rows: scored on the held-out subject, never trained here
-        assert (official / f"metrics/{method}/seed0/magnitude_equispaced_af8_volumes.csv").is_file()
-        assert not (official / f"models/seed0/{method}.safetensors").exists()
+        for meas in ("magnitude", "multicoil"):
+            assert (official / f"metrics/{method}/seed0/{meas}_equispaced_af8_volumes.csv").is_file()
+        assert not list((official / "models").glob(f"seed0/{method}*.safetensors"))

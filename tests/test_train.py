@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -43,6 +44,23 @@ def test_epoch_sampler_fills_every_batch_even_from_a_set_smaller_than_half_a_bat
             batch = sampler.batch(step)
             assert len(batch) == batch_size and set(batch) <= set(range(n_items)), (n_items, batch_size, step)
         assert len(set(EpochSampler(n_items, batch_size, 2).batch(0))) == min(n_items, batch_size)
+
+
+def test_epoch_sampler_batches_hold_one_group_and_cover_each_group_per_epoch():
+    """Multicoil slices of different raw widths cannot share a batch: with groups, every batch is one group's,
+    each epoch covers every item, the batches come in a shuffled order (not group after group), and one group is
+    the plain sampler exactly."""
+    groups = np.array([320] * 9 + [368] * 5 + [396] * 2)
+    sampler = EpochSampler(n_items=16, batch_size=4, seed=3, groups=groups)
+    assert sampler.steps_per_epoch == 3 + 2 + 1
+    for epoch in range(2):
+        batches = [sampler.batch(epoch * 6 + i) for i in range(6)]
+        assert all(len(set(groups[b])) == 1 and len(b) == 4 for b in batches)
+        assert set(np.concatenate(batches)) == set(range(16))
+    orders = [[groups[sampler.batch(e * 6 + i)][0] for i in range(6)] for e in range(4)]
+    assert any(o != sorted(o) for o in orders) and len({tuple(o) for o in orders}) > 1
+    plain, one = EpochSampler(10, 4, 1), EpochSampler(10, 4, 1, groups=np.full(10, 320))
+    assert all(np.array_equal(plain.batch(i), one.batch(i)) for i in range(9))
 
 
 def test_corrupted_checkpoint_is_named(tmp_path):

@@ -111,7 +111,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> None:
 
     reconstruct(a.method, a.test_h5, a.test_csv, a.masks, a.out, weights=a.weights, hp=a.hp,
                 batch_size=a.batch_size, device=a.device, seed=a.seed, normalise=a.normalise,
-                **_protocol(a))
+                mask_seed=a.mask_seed, masks_per=a.masks_per, **_protocol(a))
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
@@ -400,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     _normalise_arg(s)
     _measurement_args(s)
+    s.add_argument("--mask-seed", type=int, default=0,
+                   help="multicoil: the test masks' seed (config seed), to draw a slice's mask at its raw width")
+    s.add_argument("--masks-per", default="slice", help="multicoil: config masks.per, as the test masks were drawn")
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("metrics", help="per-volume and per-slice PSNR/SSIM/NMSE/HFEN/k-space residual")

@@ -47,6 +47,19 @@ def rss(coil_images: torch.Tensor) -> torch.Tensor:
     return coil_images.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
 
 
+def centre_columns(image: torch.Tensor, width: int) -> torch.Tensor:
+    """The last axis brought to `width` about its centre: the centre columns (fastMRI's `center_crop` offset,
+    (W − width) // 2) or zero-padded with the same offset (as `ldpm.data.preprocess` pads a narrow volume), so the
+    two are each other's adjoint; itself when the widths agree."""
+    extra = width - image.shape[-1]
+    if extra == 0:
+        return image
+    if extra < 0:
+        start = -extra // 2
+        return image[..., start:start + width]
+    return torch.nn.functional.pad(image, (extra // 2, extra - extra // 2))
+
+
 MEASUREMENTS = ("magnitude", "multicoil")  # config `measurements`
 
 
@@ -67,15 +80,23 @@ class Measurement:
     phase (B, 1, H, W) complex unit phase P given to a magnitude image, or None: zero phase.
     `estimate(k_u, mask) -> (maps, phase)`, when given, computes maps and phase on first use (ESPIRiT costs more
     than an image-to-image method's whole forward pass, and most methods never ask for them).
-    A magnitude image m is the object P·m; the forward model is A(m) = M·F(S·P·m), the adjoint
-    Aᴴ(k) = P̄·Sᴴ·F⁻¹(M·k) (a complex image; methods take its modulus or real part).
+    `width`: the image grid's columns when the raw k-space has another number (fastMRI's knee files: 368 for a
+    320 image; brain files 396 or, narrower, 203-260): the image and the raw grid share their pixel size and
+    centre, so Z brings an image to the raw width (zero-padded when the raw grid is wider, its centre columns when
+    narrower, `centre_columns`) before the maps and Zᵀ takes it back after the adjoint; x_u is the RSS brought to
+    the image grid, as fastMRI's zero-filled and VarNet outputs are cropped and as preprocessing pads a narrow
+    volume's ground truth. k_u, mask, maps and phase are at the raw width.
+    A magnitude image m is the object P·Z·m; the forward model is A(m) = M·F(S·P·Z·m), the adjoint
+    Aᴴ(k) = Zᵀ·P̄·Sᴴ·F⁻¹(M·k) (a complex image; methods take its modulus or real part).
     """
 
     def __init__(self, k_u: torch.Tensor, mask: torch.Tensor, x_u: torch.Tensor | None = None,
                  maps: torch.Tensor | None = None, phase: torch.Tensor | None = None, *,
-                 estimate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None):
+                 estimate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 width: int | None = None):
         self.k_u, self.mask = k_u, mask
-        self.x_u = rss(ifft2(k_u)) if x_u is None else x_u
+        self.width = k_u.shape[-1] if width is None else width
+        self.x_u = self.to_grid(rss(ifft2(k_u))) if x_u is None else x_u
         self._maps, self._phase, self._estimate = maps, phase, estimate
 
     def _sense(self) -> None:
@@ -97,15 +118,24 @@ class Measurement:
     def coils(self) -> int:
         return self.k_u.shape[1]
 
+    def to_grid(self, image: torch.Tensor) -> torch.Tensor:
+        """Zᵀ: an image at the raw width brought to the image grid (`centre_columns`)."""
+        return centre_columns(image, self.width)
+
+    def to_raw(self, image: torch.Tensor) -> torch.Tensor:
+        """Z: an image-grid image brought to the raw width (`centre_columns`), placed where `to_grid` takes it back."""
+        return centre_columns(image, self.k_u.shape[-1])
+
     def to_coils(self, image: torch.Tensor) -> torch.Tensor:
-        """S·P·image: (B, 1, H, W) real or complex → (B, C, H, W) coil images (the image itself without maps)."""
+        """S·P·Z·image: (B, 1, H, W) real or complex → (B, C, H, W_raw) coil images (the image itself without maps)."""
+        image = self.to_raw(image)
         image = image if self.phase is None else image * self.phase
         return image if self.maps is None else self.maps * image
 
     def from_coils(self, coil_images: torch.Tensor) -> torch.Tensor:
-        """P̄·Sᴴ·coil_images: (B, C, H, W) → (B, 1, H, W) complex (the coil images themselves without maps)."""
+        """Zᵀ·P̄·Sᴴ·coil_images: (B, C, H, W_raw) → (B, 1, H, W) complex (the coil images themselves without maps)."""
         image = coil_images if self.maps is None else (self.maps.conj() * coil_images).sum(dim=1, keepdim=True)
-        return image if self.phase is None else image * self.phase.conj()
+        return self.to_grid(image if self.phase is None else image * self.phase.conj())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """A(image) = M·F(S·P·image), (B, C, H, W)."""
@@ -135,13 +165,13 @@ class Measurement:
             return self
         pending = self._estimate is not None
         return Measurement(self.k_u / s, self.mask, self.x_u / s, self._maps, self._phase,
-                           estimate=(lambda *_: (self.maps, self.phase)) if pending else None)
+                           estimate=(lambda *_: (self.maps, self.phase)) if pending else None, width=self.width)
 
     def __getitem__(self, rows: slice) -> "Measurement":
         """The measurement of a slice of the batch (maps not estimated yet are estimated for those rows alone)."""
         pick = (lambda t: None if t is None else t[rows])
         return Measurement(self.k_u[rows], self.mask[rows], self.x_u[rows], pick(self._maps), pick(self._phase),
-                           estimate=self._estimate)
+                           estimate=self._estimate, width=self.width)
 
     def __len__(self) -> int:
         return len(self.k_u)
@@ -241,15 +271,16 @@ def acs_phase(k_u: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, acs: li
                        torch.ones_like(image))
 
 
-def multicoil_measurement(coil_images: torch.Tensor, mask: torch.Tensor,
-                          acquired: torch.Tensor | None = None) -> Measurement:
-    """The multicoil instance from fully sampled coil images (B, C, H, W) at the image grid: k_u = F(coils)·M, the
-    zero-filled RSS, ESPIRiT maps from each slice's own ACS columns of k_u (`espirit_maps`) and the ACS phase.
-    `acquired` (B, 1, 1, W), the columns the raw data holds (`ldpm.data.coils`), multiplies the mask: no mask
-    samples a padding column. Everything moves to the mask's device."""
+def multicoil_measurement(coil_images: torch.Tensor, mask: torch.Tensor, acquired: torch.Tensor | None = None,
+                          width: int | None = None) -> Measurement:
+    """The multicoil instance from fully sampled coil images (B, C, H, W_raw): k_u = F(coils)·M, the zero-filled
+    RSS on the image grid (`width` columns, default W_raw), ESPIRiT maps from each slice's own ACS columns of k_u
+    (`espirit_maps`) and the ACS phase. `acquired` (B, 1, 1, W_raw), the columns the raw data holds
+    (`ldpm.data.coils`), multiplies the mask: no mask samples a padding column. Everything moves to the mask's
+    device."""
     if acquired is not None:
         mask = mask * acquired.to(mask.device)
-    return Measurement(fft2(coil_images.to(mask.device)) * mask, mask, estimate=sense_estimate)
+    return Measurement(fft2(coil_images.to(mask.device)) * mask, mask, estimate=sense_estimate, width=width)
 
 
 def sense_estimate(k_u: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from ldpm import LdpmError
-from ldpm.data.masks import load_test_masks
+from ldpm.data.masks import load_test_masks, raw_width_masks
 from ldpm.io import atomic_output, read_images, read_table
 from ldpm.physics import (Measurement, check_measurement, clip_output, measure,  # clip_output: the policy, defined there
                           scaled_method)
@@ -49,12 +49,14 @@ def zero_filled(weights: dict[str, Path], hp: dict, device: torch.device) -> Rec
 def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_npz: str | Path, out: str | Path, *,
                 weights: dict[str, str] | None = None, hp: dict | None = None, batch_size: int = 16,
                 device: str = "auto", seed: int = 0, normalise: str = "gt_max", measurement: str = "magnitude",
-                index_csvs: list[str | Path] = (), crop_size: int | None = None) -> None:
+                index_csvs: list[str | Path] = (), crop_size: int | None = None, mask_seed: int = 0,
+                masks_per: str = "slice") -> None:
     """Write `out` (h5, dataset `recon` aligned with the rows of test_csv; attrs: the `Cost` per slice).
     `normalise`: config data.normalise, how the measurement is scaled before the method sees it. `measurement`:
     "magnitude" (the paper's: k-space of the stored RSS slices) or "multicoil" (the raw coil k-space of every slice,
-    read through `index_csvs` at the `crop_size` image grid, `ldpm.data.coils`; the test mask times the acquired
-    columns)."""
+    read through `index_csvs`, the image grid its centre `crop_size` columns, `ldpm.data.coils`; the test mask,
+    drawn at the raw width where that differs (`raw_width_masks`, with the masks' `mask_seed` and `masks_per`),
+    times the acquired columns; batches of one raw width)."""
     check_measurement(measurement)
     factory = resolve(RECONSTRUCTORS, method, "method")
     dev = resolve_device(device)
@@ -65,26 +67,27 @@ def reconstruct(method: str, test_h5: str | Path, test_csv: str | Path, masks_np
         raise LdpmError(f"{test_csv}: {len(slice_ids)} rows but {test_h5} holds {len(images)} images; rerun preprocess")
     masks = load_test_masks(masks_npz, slice_ids)
     coils = None
+    batches = [slice(start, start + batch_size) for start in range(0, len(images), batch_size)]
     if measurement == "multicoil":
         from ldpm.data.coils import CoilSlices
 
         coils = CoilSlices(test_csv, list(index_csvs), crop_size or images.shape[-1])
+        masks = raw_width_masks(masks_npz, coils.rows, coils.widths, mask_seed, masks_per)
+        batches = coils.runs(batch_size)
     run = scaled_method(factory({name: Path(p) for name, p in (weights or {}).items()}, hp or {}, dev), normalise)
     out_images = np.empty(images.shape, dtype=np.float32)
-    starts = range(0, len(images), batch_size)
     cost = Cost(dev)
     # Samplers that need gradients (k-space guidance) re-enable them locally.
     with torch.no_grad(), autocast(dev):
-        for start in tqdm(starts, desc=f"reconstruct {method}", mininterval=2.0, disable=None):
-            x = images[start:start + batch_size, None].to(dev)
-            mask = masks[start:start + batch_size].to(dev)
+        for i, rows in enumerate(tqdm(batches, desc=f"reconstruct {method}", mininterval=2.0, disable=None)):
+            x = images[rows, None].to(dev)
             if coils is None:
-                meas = measure(x, mask)
+                meas = measure(x, masks[rows].to(dev))
             else:  # maps and phase estimated here, from each slice's own ACS: the same for every method
-                meas = coils.measurement(slice(start, start + batch_size), mask)
-            with cost.measure(len(x), count_flops=start == 0, timed=start > 0 or len(starts) == 1):
+                meas = coils.measurement(rows, torch.stack([masks[r] for r in rows]).to(dev))
+            with cost.measure(len(x), count_flops=i == 0, timed=i > 0 or len(batches) == 1):
                 image = clip_output(run(meas).float())
-                out_images[start:start + len(x)] = image[:, 0].detach().cpu().numpy()
+                out_images[rows] = image[:, 0].detach().cpu().numpy()
     log.info("%s: %d slices on %s, %s", method, len(images), dev, cost.summary())
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as fh:
         fh.create_dataset("recon", data=out_images)

@@ -118,24 +118,39 @@ def step_rng(seed: int, *keys: int) -> np.random.Generator:
 
 @dataclass
 class EpochSampler:
-    """Epoch-wise shuffled mini-batches over n items; batch i of epoch e is a pure function of (seed, e, i)."""
+    """Epoch-wise shuffled mini-batches over n items; batch i of epoch e is a pure function of (seed, e, i).
+    `groups` (one label per item, e.g. the raw k-space width of a multicoil slice): every batch holds one group's
+    items, as a batch of coil k-space must share its shape; with one group (or none) the plain shuffled batches."""
 
     n_items: int
     batch_size: int
     seed: int
+    groups: np.ndarray | None = None
 
     def __post_init__(self):
         if self.batch_size % world()[1]:
             raise LdpmError(f"batch_size {self.batch_size} does not split over {world()[1]} training processes; "
                             f"make the stage's batch_size a multiple of config key train_processes")
+        if self.groups is not None and len(set(np.asarray(self.groups).tolist())) <= 1:
+            self.groups = None
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, math.ceil(self.n_items / self.batch_size))
+        if self.groups is None:
+            return max(1, math.ceil(self.n_items / self.batch_size))
+        return sum(math.ceil(n / self.batch_size) for n in np.unique(self.groups, return_counts=True)[1])
 
     def batch(self, step: int) -> np.ndarray:
         epoch, i = divmod(step, self.steps_per_epoch)
         order = step_rng(self.seed, 0, epoch).permutation(self.n_items)
+        if self.groups is not None:  # each group's items in the epoch's order, cut into batches, batches shuffled
+            groups = np.asarray(self.groups)[order]
+            batches = [self._chunk(order[groups == g], k) for g in np.unique(groups)
+                       for k in range(math.ceil((groups == g).sum() / self.batch_size))]
+            return batches[step_rng(self.seed, 2, epoch).permutation(len(batches))[i]]
+        return self._chunk(order, i)
+
+    def _chunk(self, order: np.ndarray, i: int) -> np.ndarray:
         chunk = order[i * self.batch_size:(i + 1) * self.batch_size]
         if len(chunk) < self.batch_size:  # last partial batch: top up from the start (cycling over a set smaller
             # than the batch) so shapes stay fixed
@@ -294,9 +309,11 @@ class Trainer:
 
 
 def epoch_trainer(modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                  ckpt_dir: str | Path, n_items: int, hp: dict, seed: int, desc: str) -> tuple[EpochSampler, Trainer]:
-    """The sampler and Trainer of a stage that runs hp["epochs"] epochs of hp["batch_size"] over n_items."""
-    sampler = EpochSampler(n_items, hp["batch_size"], seed)
+                  ckpt_dir: str | Path, items, hp: dict, seed: int, desc: str) -> tuple[EpochSampler, Trainer]:
+    """The sampler and Trainer of a stage that runs hp["epochs"] epochs of hp["batch_size"] over `items` (a number,
+    or the training slices: their `widths`, where they have them, group the batches, `EpochSampler`)."""
+    n_items = items if isinstance(items, int) else len(items)
+    sampler = EpochSampler(n_items, hp["batch_size"], seed, getattr(items, "widths", None))
     return sampler, Trainer(modules, optimizers, ckpt_dir, total_steps=hp["epochs"] * sampler.steps_per_epoch,
                             ckpt_every=hp["ckpt_every"], desc=desc, steps_per_epoch=sampler.steps_per_epoch)
 

@@ -32,41 +32,46 @@ log = logging.getLogger("ldpm.tuning")
 
 
 def validation_batch(val_h5: str | Path, val_csv: str | Path, n_slices: int, acceleration: int,
-                     center_fraction: float, seed: int, mask_type: str = "random",
-                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+                     center_fraction: float, seed: int, mask_type: str = "random", widths: np.ndarray | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor], np.ndarray, np.ndarray]:
     """(x (N,1,H,W), masks (N,1,1,W), volume maxima (N,), rows (N,) of the validation file) of `n_slices` evenly
-    spaced validation slices."""
+    spaced validation slices. With `widths` (each row's raw k-space width, the multicoil measurement) the masks are
+    drawn at those widths, one (1,1,W_raw) tensor per slice."""
     images, meta = read_images(val_h5), read_table(val_csv)
     pick = np.unique(np.linspace(0, len(images) - 1, min(n_slices, len(images))).round().astype(int))
     vmax = meta.assign(m=images.reshape(len(images), -1).max(1)).groupby("volume")["m"].transform("max").to_numpy()
-    width = images.shape[-1]
-    masks = np.stack([sample_mask(width, acceleration, center_fraction,
-                                  stable_seed(seed, "val", acceleration, meta.slice_id[i]), mask_type)
-                      for i in pick])
-    return (torch.from_numpy(images[pick])[:, None], torch.from_numpy(masks).float()[:, None, None, :],
-            vmax[pick], pick)
+    width = [images.shape[-1]] * len(images) if widths is None else widths
+    masks = [torch.from_numpy(sample_mask(int(width[i]), acceleration, center_fraction,
+                                          stable_seed(seed, "val", acceleration, meta.slice_id[i]), mask_type)).float()
+             for i in pick]
+    masks = torch.stack(masks)[:, None, None, :] if widths is None else [m[None, None] for m in masks]
+    return torch.from_numpy(images[pick])[:, None], masks, vmax[pick], pick
 
 
-def measurements(x: torch.Tensor, masks: torch.Tensor, rows: np.ndarray, batch_size: int, device: torch.device,
-                 measurement: str = "magnitude", slices_csv=None, index_csvs: list = (),
-                 crop_size: int | None = None) -> list[Measurement]:
-    """The measurements of images x (rows `rows` of `slices_csv`) under masks, in batches: magnitude (`measure`) or
-    multicoil (their raw coil k-space, `ldpm.data.coils`, masked with the acquired columns). Made once, so every grid
-    point sees the same ones (and multicoil maps are estimated once)."""
+def coil_slices(measurement: str, slices_csv, index_csvs: list, crop_size: int):
+    """The raw coil slices of a split file under the multicoil measurement (`ldpm.data.coils.CoilSlices`); None
+    under magnitude."""
     check_measurement(measurement)
-    coils = None
-    if measurement == "multicoil":
-        from ldpm.data.coils import CoilSlices
+    if measurement == "magnitude":
+        return None
+    if crop_size is None:
+        raise ValueError("the multicoil measurement needs the image grid's crop_size")
+    from ldpm.data.coils import CoilSlices
 
-        coils = CoilSlices(slices_csv, list(index_csvs), crop_size or x.shape[-1])
-    out = []
-    for start in range(0, len(x), batch_size):
-        xb, mb = x[start:start + batch_size].to(device), masks[start:start + batch_size].to(device)
-        if coils is None:
-            out.append(measure(xb, mb))
-        else:
-            out.append(coils.measurement(rows[start:start + batch_size], mb))
-    return out
+    return CoilSlices(slices_csv, list(index_csvs), crop_size)
+
+
+def measurements(x: torch.Tensor, masks: torch.Tensor | list[torch.Tensor], rows: np.ndarray, batch_size: int,
+                 device: torch.device, coils=None) -> list[Measurement]:
+    """The measurements of images x (rows `rows`, ascending, of the split file) under masks, in batches whose
+    outputs concatenate back to x's order: magnitude (`measure`), or with `coils` (`coil_slices`) multicoil, their
+    raw coil k-space under masks at the raw widths, in batches of one raw width (`CoilSlices.runs`). Made once, so
+    every grid point sees the same ones (and multicoil maps are estimated once)."""
+    if coils is None:
+        return [measure(x[start:start + batch_size].to(device), masks[start:start + batch_size].to(device))
+                for start in range(0, len(x), batch_size)]
+    return [coils.measurement(run, torch.stack([masks[i] for i in np.searchsorted(rows, run)]).to(device))
+            for run in coils.runs(batch_size, rows)]
 
 
 def grid_search(build: Callable[[dict], Callable], grid: dict[str, list], val_h5: str | Path, val_csv: str | Path,
@@ -80,9 +85,10 @@ def grid_search(build: Callable[[dict], Callable], grid: dict[str, list], val_h5
     and every row (`out_csv`). Returns the JSON record."""
     if not grid or not all(grid.values()):
         raise ValueError(f"the tuning grid of {what} is empty: nothing to choose")
+    coils = coil_slices(measurement, val_csv, index_csvs, crop_size)
     x, masks, vmax, rows_picked = validation_batch(val_h5, val_csv, n_slices, acceleration, center_fraction, seed,
-                                                   mask_type)
-    batches = measurements(x, masks, rows_picked, batch_size, device, measurement, val_csv, index_csvs, crop_size)
+                                                   mask_type, None if coils is None else coils.widths)
+    batches = measurements(x, masks, rows_picked, batch_size, device, coils)
     keys = sorted(grid)
     rows = []
     for values in tqdm(list(itertools.product(*(grid[k] for k in keys))), desc=f"tune {what}", disable=None):

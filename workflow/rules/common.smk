@@ -187,16 +187,21 @@ def measurement_note(w):
     """Table I's line naming the job's measurement protocol."""
     if w.measurement == "magnitude":
         return ["Measurement: magnitude (the paper's protocol): single-coil k-space simulated from the RSS image."]
-    return ["Measurement: multicoil: the raw coil k-space under the same masks (padding columns never sampled), "
-            "ESPIRiT maps from each slice's ACS lines; ground truth the same RSS images."]
+    return ["Measurement: multicoil: the raw coil k-space under the same masks (drawn at a file's own width where "
+            "it is not the image grid's; padding columns never sampled), ESPIRiT maps from each slice's ACS lines; "
+            "ground truth the same RSS images (the raw grid's centre)."]
 
 
 def measurement_args(w, split):
-    """The `--measurement ... --index ... --crop-size ...` arguments of a scoring or tuning job."""
+    """The `--measurement ... --index ... --crop-size ...` arguments of a scoring or tuning job; on the test split
+    (the reconstruct job) also the test masks' seed and masks.per, to draw a slice's mask at its raw width."""
     if w.measurement == "magnitude":
         return "--measurement magnitude"
     index = " ".join(shlex.quote(f) for f in list(coil_inputs(split).values())[1:])
-    return f"--measurement {w.measurement} --index {index} --crop-size {config['data']['crop_size']}"
+    args = f"--measurement {w.measurement} --index {index} --crop-size {config['data']['crop_size']}"
+    if split == "test":
+        args += f" --mask-seed {SEED} --masks-per {config['masks']['per']}"
+    return args
 
 
 def train_measured(model, inputs, hp, reads=()):

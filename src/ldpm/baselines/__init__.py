@@ -13,7 +13,7 @@ from ldpm.data.masks import batch_masks, sample_mask
 from ldpm.evaluate import protocol
 from ldpm.io import SliceFile, read_images, stable_seed
 from ldpm.data.coils import CoilSlices
-from ldpm.physics import Measurement, input_scale, measure, multicoil_measurement, rss
+from ldpm.physics import Measurement, centre_columns, input_scale, measure, multicoil_measurement, rss
 from ldpm.train import EpochSampler, shard, step_rng
 
 log = logging.getLogger("ldpm.validation")
@@ -49,14 +49,20 @@ def training_images(inputs: dict, masks_cfg: dict) -> SliceFile | CoilSlices:
 
 def simulated_measurement(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor], rng: np.random.Generator,
                           masks_cfg: dict) -> tuple[torch.Tensor, Measurement]:
-    """(x, measurement) of a batch: images x (B, 1, H, W) or (coil images, acquired columns) from `CoilSlices`,
-    whose target x is the RSS of the coil images; fresh training masks drawn from `rng` (the same draws under
-    both measurements), then `normalised`."""
+    """(x, measurement) of a batch: images x (B, 1, H, W), or (coil images (B, C, H, W_raw), acquired columns) from
+    `CoilSlices`, whose target x is the RSS of the coil images on the image grid (masks_cfg["crop_size"] columns,
+    `centre_columns`: the stored slice); fresh training masks at the k-space's width drawn from `rng` (the same
+    draws under both measurements where the widths agree), then `normalised`."""
     coils, acquired = batch if isinstance(batch, tuple) else (None, None)
-    x = batch if coils is None else rss(coils)
-    mask = batch_masks(rng, len(x), x.shape[-1], masks_cfg["accelerations"], masks_cfg["center_fractions"],
-                       masks_cfg.get("type", "random")).to(x.device)
-    meas = measure(x, mask) if coils is None else multicoil_measurement(coils, mask, acquired)
+    sampled = batch if coils is None else coils  # the masks go on its columns
+    mask = batch_masks(rng, len(sampled), sampled.shape[-1], masks_cfg["accelerations"],
+                       masks_cfg["center_fractions"], masks_cfg.get("type", "random")).to(sampled.device)
+    if coils is None:
+        x = batch
+        meas = measure(x, mask)
+    else:
+        x = centre_columns(rss(coils), masks_cfg["crop_size"])
+        meas = multicoil_measurement(coils, mask, acquired, width=masks_cfg["crop_size"])
     return normalised(x, meas, masks_cfg)
 
 
@@ -74,16 +80,21 @@ def undersampled_batch(images: SliceFile | CoilSlices | torch.Tensor, sampler: E
 # ------------------------------------------------------------------------------------------- validation
 @dataclass
 class ValidationSet:
-    """Fixed validation images (N, 1, H, W) and their measurement, on the training device: the same every epoch."""
+    """Fixed validation images (N, 1, H, W) and their measurement, on the training device: the same every epoch.
+    `parts`: the measurement in consecutive parts whose slices concatenate to x's order (one part, except under
+    multicoil where a batch holds one raw width, `CoilSlices.runs`)."""
 
     index: np.ndarray  # rows of the validation file
     x: torch.Tensor
-    meas: Measurement
+    parts: list[Measurement]
 
     def chunks(self, size: int):
         """(x, measurement) in chunks of at most `size` slices, in order."""
-        for i in range(0, len(self.x), max(1, size)):
-            yield self.x[i:i + size], self.meas[i:i + size]
+        size, offset = max(1, size), 0
+        for meas in self.parts:
+            for i in range(0, len(meas), size):
+                yield self.x[offset + i:offset + i + size], meas[i:i + size]
+            offset += len(meas)
 
 
 def evenly_spaced(n_items: int, n: int) -> np.ndarray:
@@ -117,15 +128,22 @@ def validation_set(inputs: dict, n_slices: int, seed: int, masks_cfg: dict, devi
     if picked is None:
         return None
     index, x = picked
-    mask = torch.from_numpy(np.stack([sample_mask(x.shape[-1], af, cf, stable_seed(seed, "val", int(i)), kind)
-                                      for i in index])).float()[:, None, None, :]
-    x, mask = x.to(device), mask.to(device)
+    x = x.to(device)
     if is_multicoil(masks_cfg):  # the stored slices are the targets; the measurement is their raw coil k-space
-        meas = CoilSlices(inputs["val_csv"], index_files(inputs), masks_cfg["crop_size"]).measurement(index, mask)
+        coils = CoilSlices(inputs["val_csv"], index_files(inputs), masks_cfg["crop_size"])
+        parts = [coils.measurement(run, val_masks(run, coils.widths[run], seed, af, cf, kind).to(device))
+                 for run in coils.runs(len(index), index)]
     else:
-        meas = measure(x, mask)
-    x, meas = normalised(x, meas, masks_cfg)
-    return ValidationSet(index, x, meas)
+        parts = [measure(x, val_masks(index, [x.shape[-1]] * len(index), seed, af, cf, kind).to(device))]
+    scaled = [normalised(xs, meas, masks_cfg) for xs, meas in zip(x.split([len(m) for m in parts]), parts)]
+    return ValidationSet(index, torch.cat([xs for xs, _ in scaled]), [meas for _, meas in scaled])
+
+
+def val_masks(rows, widths, seed: int, af: int, cf: float, kind: str) -> torch.Tensor:
+    """The fixed validation masks (B, 1, 1, W) of validation-file rows at their widths (one width per call),
+    seeded by stable_seed(seed, "val", row)."""
+    return torch.from_numpy(np.stack([sample_mask(int(w), af, cf, stable_seed(seed, "val", int(i)), kind)
+                                      for i, w in zip(rows, widths)])).float()[:, None, None, :]
 
 
 def psnr_ssim(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:

@@ -126,14 +126,15 @@ def read_cfl(stem: str) -> np.ndarray:
 def reconstructor_for(method: str, lam: float, hp: dict):
     """measurement -> image (B, 1, H, W): the batch at once on the CPU (both backends run on numpy). The coil
     k-space and maps are the measurement's (one coil with a map of ones under magnitude; ESPIRiT maps under
-    multicoil, as fastMRI's BART baseline); the output is |x̂| of the complex image."""
+    multicoil, as fastMRI's BART baseline); the output is |x̂| of the complex image, reconstructed at the raw width
+    and brought to the image grid (`Measurement.to_grid`) as fastMRI crops BART's."""
     prior = PRIORS[method]
 
     def run(meas: Measurement) -> torch.Tensor:
         maps = None if meas.maps is None else meas.maps.detach().cpu().numpy()
         image = cs_reconstruct(meas.k_u.detach().cpu().numpy(), meas.mask.detach().cpu().numpy(), lam, prior,
                                hp["iterations"], maps=maps, backend=hp["backend"])
-        return torch.from_numpy(np.abs(image)[:, None].astype(np.float32)).to(meas.x_u.device)
+        return meas.to_grid(torch.from_numpy(np.abs(image)[:, None].astype(np.float32)).to(meas.x_u.device))
 
     return run
 

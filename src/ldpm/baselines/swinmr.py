@@ -127,7 +127,7 @@ def train_swinmr(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
         perceptual = "off (no swinmr.vgg_weights configured)"
     log.info("swinmr perceptual term: %s", perceptual)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-    sampler, trainer = epoch_trainer({"swinmr": model}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "swinmr")
+    sampler, trainer = epoch_trainer({"swinmr": model}, {"adam": optimizer}, ckpt_dir, images, hp, seed, "swinmr")
     net = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:

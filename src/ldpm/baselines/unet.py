@@ -46,7 +46,7 @@ def train_unet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp
     images = training_images(inputs, masks_cfg)  # read per batch
     model = build_unet(hp).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-    sampler, trainer = epoch_trainer({"unet": model}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "unet")
+    sampler, trainer = epoch_trainer({"unet": model}, {"adam": optimizer}, ckpt_dir, images, hp, seed, "unet")
     net = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:

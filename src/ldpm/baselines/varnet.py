@@ -18,6 +18,7 @@ not the leaderboard numbers.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from fastmri.losses import SSIMLoss
 from fastmri.models import VarNet
 
 from ldpm.baselines import reconstruction_metrics, training_images, undersampled_batch, validation_set
+from ldpm.physics import Measurement
 from ldpm.train import (VAL_SLICES, curve_path, data_parallel, epoch_trainer, optimizer_step, resolve_device,
                         seed_everything)
 from ldpm.weights import load_official_varnet, load_weights, save_weights
@@ -38,7 +40,8 @@ def build_varnet(hp: dict) -> VarNet:
 
 
 def varnet_reconstruct(model: VarNet, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,C,H,W) complex k_u and (B,1,1,W) 0/1 mask → (B,1,H,W) magnitude (RSS over VarNet's coils).
+    """(B,C,H,W) complex k_u and (B,1,1,W) 0/1 mask → (B,1,H,W) magnitude (RSS over VarNet's coils), at the
+    k-space's width: callers bring it to the image grid (`Measurement.to_grid`, fastMRI's centre crop).
 
     The coil axis is our channel axis: 1 coil under the magnitude measurement, the raw coils under multicoil.
     num_low_frequencies=None lets VarNet find the fully sampled centre from the mask (the symmetric run of ones around
@@ -57,6 +60,11 @@ def varnet_reconstruct(model: VarNet, k_u: torch.Tensor, mask: torch.Tensor) -> 
     return out
 
 
+def varnet_image(model: VarNet, meas: Measurement) -> torch.Tensor:
+    """VarNet's magnitude of a measurement on its image grid (fastMRI's centre crop of the raw-width output)."""
+    return meas.to_grid(varnet_reconstruct(model, meas.k_u, meas.mask))
+
+
 def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, hp: dict, masks_cfg: dict,
                  seed: int, device: str = "auto", *, val_slices: int = VAL_SLICES) -> list[dict]:
     """SSIM loss as fastMRI's VarNetModule (data_range = volume max, which is 1 after our per-volume normalisation);
@@ -68,7 +76,7 @@ def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
     model = build_varnet(hp).to(dev)
     loss_fn = SSIMLoss().to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-    sampler, trainer = epoch_trainer({"varnet": model}, {"adam": optimizer}, ckpt_dir, len(images), hp, seed, "varnet")
+    sampler, trainer = epoch_trainer({"varnet": model}, {"adam": optimizer}, ckpt_dir, images, hp, seed, "varnet")
     data_range = torch.ones(1, device=dev)  # broadcast over the batch
     by_input = masks_cfg.get("normalise", "gt_max") == "input"
     net = data_parallel(model)
@@ -77,13 +85,12 @@ def train_varnet(inputs: dict[str, str], out: str | Path, ckpt_dir: str | Path, 
         x, meas = undersampled_batch(images, sampler, i, seed, masks_cfg, dev)
         # data.normalise "input" rescales each slice, so its volume max is no longer 1: the slice's max stands in
         target_range = x.amax(dim=(1, 2, 3)) if by_input else data_range
-        loss = loss_fn(varnet_reconstruct(net, meas.k_u, meas.mask), x, data_range=target_range)
+        loss = loss_fn(varnet_image(net, meas), x, data_range=target_range)
         optimizer_step(optimizer, loss)
         return {"ssim_loss": loss.item()}
 
     val = validation_set(inputs, val_slices, seed, masks_cfg, dev, "varnet")
-    validate = val and (lambda: reconstruction_metrics(lambda meas: varnet_reconstruct(model, meas.k_u, meas.mask), val,
-                                                       hp["batch_size"]))
+    validate = val and (lambda: reconstruction_metrics(partial(varnet_image, model), val, hp["batch_size"]))
     history = trainer.run(step, validate, curve_path(out))
     save_weights(model, out, metadata={"method": "varnet", "seed": str(seed)})
     return history
@@ -98,4 +105,4 @@ def reconstructor(weights: dict[str, Path], hp: dict, device: torch.device):
     else:
         model = load_weights(build_varnet(hp), weights["model"])
     model = model.to(device).eval()
-    return lambda meas: varnet_reconstruct(model, meas.k_u, meas.mask)
+    return partial(varnet_image, model)

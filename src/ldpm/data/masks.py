@@ -53,6 +53,12 @@ def batch_masks(rng: np.random.Generator, batch: int, width: int, accelerations:
 MASKS_PER = ("slice", "volume")  # config masks.per
 
 
+def test_mask(key: str, width: int, acceleration: int, center_fraction: float, seed: int,
+               mask_type: str = "random") -> np.ndarray:
+    """The fixed test mask of a slice or volume `key` at `width` columns, seeded by (seed, AF, key)."""
+    return sample_mask(width, acceleration, center_fraction, stable_seed(seed, acceleration, key), mask_type)
+
+
 def make_test_masks(slice_ids: list[str], width: int, acceleration: int, center_fraction: float, seed: int,
                     out: str | Path, mask_type: str = "random", out_csv: str | Path | None = None,
                     per: str = "slice", volumes: list[str] | None = None) -> np.ndarray:
@@ -66,7 +72,7 @@ def make_test_masks(slice_ids: list[str], width: int, acceleration: int, center_
     if per == "volume" and (volumes is None or len(volumes) != len(slice_ids)):
         raise LdpmError("masks.per volume needs the volume of every test slice (the test CSV's volume column)")
     keys = slice_ids if per == "slice" else volumes
-    drawn = {key: sample_mask(width, acceleration, center_fraction, stable_seed(seed, acceleration, key), mask_type)
+    drawn = {key: test_mask(key, width, acceleration, center_fraction, seed, mask_type)
              for key in dict.fromkeys(keys)}  # one draw per distinct key, in order
     masks = np.stack([drawn[key] for key in keys])
     real = real_accelerations(masks, slice_ids, acceleration, mask_type)
@@ -98,3 +104,20 @@ def load_test_masks(path: str | Path, slice_ids: list[str]) -> torch.Tensor:
         if list(data["slice_id"]) != list(slice_ids):
             raise LdpmError(f"{path}: masks were made for a different test set; delete it and rerun")
         return torch.from_numpy(data["masks"]).float()[:, None, None, :]
+
+
+def raw_width_masks(path: str | Path, rows: pd.DataFrame, widths: np.ndarray, seed: int,
+                    per: str = "slice") -> list[torch.Tensor]:
+    """The test masks of `rows` (the test CSV: slice_id, volume) at each slice's raw k-space width (the multicoil
+    measurement, `ldpm.data.coils`), as (1, 1, W_raw) tensors: the saved mask where the widths agree, else the same
+    key's mask drawn at the raw width (`test_mask`: the seed, AF, centre fraction and mask type of the saved file;
+    `per` the config key masks.per it was made with), as fastMRI draws a mask at each file's own width."""
+    stored = list(load_test_masks(path, rows["slice_id"].tolist()))
+    off = [i for i, w in enumerate(widths) if w != stored[i].shape[-1]]
+    if off:
+        with np.load(path, allow_pickle=False) as data:
+            af, cf, kind = int(data["acceleration"]), float(data["center_fraction"]), str(data["mask_type"])
+        keys = rows["slice_id" if per == "slice" else "volume"].astype(str).tolist()
+        for i in off:
+            stored[i] = torch.from_numpy(test_mask(keys[i], int(widths[i]), af, cf, seed, kind)).float()[None, None]
+    return stored

@@ -184,7 +184,7 @@ def train_sketcher(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict
     net = build_sketcher(hp).to(dev)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
     sampler, trainer = epoch_trainer({"sketcher": net}, {"adam": optimizer},
-                                     ckpt_dir, len(images), cfg, seed, "sketcher")
+                                     ckpt_dir, images, cfg, seed, "sketcher")
     ddp_net = data_parallel(net)
 
     def step(i: int) -> dict[str, float]:
@@ -317,7 +317,7 @@ def train_mrcn(inputs: dict, out: str | Path, ckpt_dir: str | Path, hp: dict, ma
     scheduler = sd_noise_scheduler()
     optimizer = torch.optim.AdamW(model.control.parameters(), lr=cfg["lr"])
     sampler, trainer = epoch_trainer({"control": model.control}, {"adamw": optimizer},
-                                     ckpt_dir, len(images), cfg, seed, "mrcn")
+                                     ckpt_dir, images, cfg, seed, "mrcn")
     eps_model = data_parallel(model)
 
     def step(i: int) -> dict[str, float]:
