@@ -130,7 +130,7 @@ def test_tuning_keeps_the_lambda_with_the_best_validation_psnr(tmp_path, monkeyp
     x, masks, _, _ = tuning.validation_batch(tmp_path / "val.h5", tmp_path / "val.csv", 6, 4, 0.08, 0)
     from ldpm.physics import undersample
 
-    k_u, _ = undersample(x, masks)
+    k_u, _ = undersample(x, torch.stack(masks))
     gt_of.update({k_u[i].numpy().tobytes(): x[i, 0].numpy() for i in range(len(x))})
     hp = {"backend": "sigpy", "iterations": 5, "val_slices": 6, "lam": {"cs_tv": [0.1, 0.01, 0.001]}}
     record = cs.tune_cs("cs_tv", tmp_path / "val.h5", tmp_path / "val.csv", hp, 4, 0.08, 0, tmp_path / "t.json",

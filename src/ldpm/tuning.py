@@ -33,18 +33,17 @@ log = logging.getLogger("ldpm.tuning")
 
 def validation_batch(val_h5: str | Path, val_csv: str | Path, n_slices: int, acceleration: int,
                      center_fraction: float, seed: int, mask_type: str = "random", widths: np.ndarray | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor], np.ndarray, np.ndarray]:
-    """(x (N,1,H,W), masks (N,1,1,W), volume maxima (N,), rows (N,) of the validation file) of `n_slices` evenly
-    spaced validation slices. With `widths` (each row's raw k-space width, the multicoil measurement) the masks are
-    drawn at those widths, one (1,1,W_raw) tensor per slice."""
+                     ) -> tuple[torch.Tensor, list[torch.Tensor], np.ndarray, np.ndarray]:
+    """(x (N,1,H,W), masks (one (1,1,W) tensor per slice), volume maxima (N,), rows (N,) of the validation file) of
+    `n_slices` evenly spaced validation slices. With `widths` (each row's raw k-space width, the multicoil
+    measurement) the masks are drawn at those widths."""
     images, meta = read_images(val_h5), read_table(val_csv)
     pick = np.unique(np.linspace(0, len(images) - 1, min(n_slices, len(images))).round().astype(int))
     vmax = meta.assign(m=images.reshape(len(images), -1).max(1)).groupby("volume")["m"].transform("max").to_numpy()
     width = [images.shape[-1]] * len(images) if widths is None else widths
     masks = [torch.from_numpy(sample_mask(int(width[i]), acceleration, center_fraction,
-                                          stable_seed(seed, "val", acceleration, meta.slice_id[i]), mask_type)).float()
-             for i in pick]
-    masks = torch.stack(masks)[:, None, None, :] if widths is None else [m[None, None] for m in masks]
+                                          stable_seed(seed, "val", acceleration, meta.slice_id[i]), mask_type)
+                              ).float()[None, None] for i in pick]
     return torch.from_numpy(images[pick])[:, None], masks, vmax[pick], pick
 
 
@@ -61,14 +60,14 @@ def coil_slices(measurement: str, slices_csv, index_csvs: list, crop_size: int):
     return CoilSlices(slices_csv, list(index_csvs), crop_size)
 
 
-def measurements(x: torch.Tensor, masks: torch.Tensor | list[torch.Tensor], rows: np.ndarray, batch_size: int,
+def measurements(x: torch.Tensor, masks: list[torch.Tensor], rows: np.ndarray, batch_size: int,
                  device: torch.device, coils=None) -> list[Measurement]:
     """The measurements of images x (rows `rows`, ascending, of the split file) under masks, in batches whose
     outputs concatenate back to x's order: magnitude (`measure`), or with `coils` (`coil_slices`) multicoil, their
     raw coil k-space under masks at the raw widths, in batches of one raw width (`CoilSlices.runs`). Made once, so
     every grid point sees the same ones (and multicoil maps are estimated once)."""
     if coils is None:
-        return [measure(x[start:start + batch_size].to(device), masks[start:start + batch_size].to(device))
+        return [measure(x[start:start + batch_size].to(device), torch.stack(masks[start:start + batch_size]).to(device))
                 for start in range(0, len(x), batch_size)]
     return [coils.measurement(run, torch.stack([masks[i] for i in np.searchsorted(rows, run)]).to(device))
             for run in coils.runs(batch_size, rows)]
