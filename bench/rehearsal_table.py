@@ -2,7 +2,7 @@
 wall time and peak RSS from Snakemake's `benchmark:` files, as bench/rehearsal-MODE.md and
 bench/rehearsal-MODE-peaks.csv (the peaks tests/test_rehearsal.py checks profiles/slurm's mem_mb against).
 
-    python bench/rehearsal_table.py WORKDIR --mode cpu|gpu [--out bench]
+    python bench/rehearsal_table.py WORKDIR --mode cpu|gpu [--out bench] [--note "what else ran on the machine"]
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB, {gpus}"
 
 
-def record(workdir: Path, mode: str) -> tuple[str, pd.DataFrame]:
+def record(workdir: Path, mode: str, note: str = "") -> tuple[str, pd.DataFrame]:
     times = pd.read_csv(workdir / "times.tsv", sep="\t", names=["stage", "s"])
     table = peaks(workdir)
     shown = table.assign(**{"peak RSS (GiB)": table["max_rss_mib"] / 1024})[["run", "job", "wall_s", "peak RSS (GiB)"]]
     lines = [f"# Paper-path rehearsal, {mode} ({datetime.date.today()})", "",
              f"Machine: {machine()}. Written by `bench/rehearsal.sh {mode} WORKDIR --record`; nothing here is a "
-             "result (stand-in weights and data), only what the paper path costs.", "",
+             "result (stand-in weights and data), only what the paper path costs." + (f" {note}" if note else ""), "",
              "| stage | wall (min) |", "|---|---|"]
     lines += [f"| {r.stage} | {r.s / 60:.1f} |" for r in times.itertuples()]
     by_rule = table.groupby("rule")["wall_s"].sum().sort_values(ascending=False) / 60
@@ -77,8 +77,9 @@ if __name__ == "__main__":
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--mode", choices=["cpu", "gpu"], required=True)
     parser.add_argument("--out", type=Path, help="write rehearsal-MODE.md and rehearsal-MODE-peaks.csv here")
+    parser.add_argument("--note", default="", help="a sentence on the conditions (e.g. other work on the machine)")
     args = parser.parse_args()
-    text, table = record(args.workdir, args.mode)
+    text, table = record(args.workdir, args.mode, args.note)
     print(text)
     if args.out:
         (args.out / f"rehearsal-{args.mode}.md").write_text(text)
