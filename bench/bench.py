@@ -329,6 +329,7 @@ def p3(workdir: str | None) -> dict:
 # ------------------------------------------------------------------------------------------------------ P6
 BOTH = "measurements=[magnitude,multicoil]"
 NOT_COMPARED = ("logs", "benchmarks", "provenance", "checkpoints")  # wall times, dates, job logs: run records
+MEASURED_COLUMNS = ["s/slice", "peak RSS (GiB)", "peak GPU (GiB)"]  # the compute table's measurements
 
 
 def p6(workdir: str, magnitude_dir: str | None, seconds: float | None) -> dict:
@@ -359,15 +360,27 @@ def p6(workdir: str, magnitude_dir: str | None, seconds: float | None) -> dict:
 
 def compare_outputs(magnitude: Path, both: Path) -> dict:
     """Every file the magnitude-only run wrote (run records left out: `NOT_COMPARED`) against the same path in the
-    run with both measurements: identical bytes; h5 files whose datasets are identical and whose attributes differ
-    (a reconstruction's measured seconds and memory per slice); different; missing."""
+    run with both measurements: identical bytes; equal but for what was measured (h5 files whose datasets are
+    identical, attributes hold a reconstruction's seconds and memory per slice; compute tables whose columns other
+    than `MEASURED_COLUMNS` are identical, their .md/.tex the same table as the .csv); different; missing."""
     import h5py
+    import pandas as pd
 
     def h5_data(path: Path) -> dict:
         with h5py.File(path) as fh:
             return {name: fh[name][()].tobytes() for name in fh}
 
-    result = {"identical": [], "same_h5_data": [], "different": [], "missing": []}
+    def compute_table(path: Path) -> pd.DataFrame:
+        return pd.read_csv(path.with_suffix(".csv"), index_col=0).drop(columns=MEASURED_COLUMNS)
+
+    def equal_but_measured(path: Path, other: Path) -> bool:
+        if path.suffix == ".h5":
+            return h5_data(path) == h5_data(other)
+        if path.parent.name == "tables" and path.name.startswith("compute_"):
+            return compute_table(path).equals(compute_table(other))
+        return False
+
+    result = {"identical": [], "equal_but_measured": [], "different": [], "missing": []}
     for path in sorted(p for p in magnitude.rglob("*") if p.is_file()):
         rel = path.relative_to(magnitude)
         if rel.parts[0] in NOT_COMPARED:
@@ -377,8 +390,8 @@ def compare_outputs(magnitude: Path, both: Path) -> dict:
             result["missing"].append(str(rel))
         elif path.read_bytes() == other.read_bytes():
             result["identical"].append(str(rel))
-        elif path.suffix == ".h5" and h5_data(path) == h5_data(other):
-            result["same_h5_data"].append(str(rel))
+        elif equal_but_measured(path, other):
+            result["equal_but_measured"].append(str(rel))
         else:
             result["different"].append(str(rel))
     return result
@@ -386,7 +399,8 @@ def compare_outputs(magnitude: Path, both: Path) -> dict:
 
 def p6_markdown(r: dict) -> list[str]:
     lines = ["## P6: the embedded default under both measurements (issue 21)", "", *measured_on(r),
-             f"`snakemake --cores all --config '{BOTH}'` from clean: **{r['seconds'] / 60:.1f} min**.", ""]
+             f"`snakemake --cores all --config '{BOTH}'` from clean: **{r['seconds'] / 60:.1f} min**.",
+             *([r["note"]] if r.get("note") else []), ""]
     for name, rows in r["gaps"].items():
         lines += [f"Protocol gap ({name}): each method's mean over test subjects under the paper's magnitude "
                   "simulation and under the raw multicoil k-space, the gap multicoil − magnitude with its 95 % "
@@ -403,9 +417,12 @@ def p6_markdown(r: dict) -> list[str]:
         c = r["comparison"]
         lines += [f"Against a magnitude-only run of the same default, every file it wrote (run records left out: "
                   f"{', '.join(NOT_COMPARED)}): {len(c['identical'])} identical to the byte, "
-                  f"{len(c['same_h5_data'])} h5 files with identical datasets (attributes: measured seconds and "
-                  f"memory per slice), {len(c['different'])} different, {len(c['missing'])} missing.", ""]
-        lines += [f"- different: `{name}`" for name in c["different"]]
+                  f"{len(c['equal_but_measured'])} equal but for measured seconds and memory (h5 datasets identical, "
+                  f"attributes differ; compute tables identical but for {', '.join(MEASURED_COLUMNS)}), "
+                  f"{len(c['different'])} different, {len(c['missing'])} missing.", ""]
+        lines += [f"- different: `{name}`" + (" (as it should: this run's report also holds the multicoil tables and "
+                                             "the protocol gap, and its config hash is another)" * (name == "report.html"))
+                  for name in c["different"]]
         lines += [f"- missing: `{name}`" for name in c["missing"]]
         lines.append("")
     return lines
@@ -506,6 +523,7 @@ def main() -> None:
     ap.add_argument("--p6-dir", help="P6's working directory (empty: the run is timed here)")
     ap.add_argument("--p6-magnitude-dir", help="a magnitude-only run of the default, to compare outputs against")
     ap.add_argument("--p6-seconds", type=float, help="P6: the run in --p6-dir is finished; its time, measured outside")
+    ap.add_argument("--p6-note", default="", help="P6: how the time was measured, where it was not on an idle box")
     a = ap.parse_args()
     if a.p6 and not a.p6_dir:
         ap.error("--p6 needs --p6-dir")
@@ -526,7 +544,7 @@ def main() -> None:
     if a.p5:
         res["p5"] = p5() | where
     if a.p6:
-        res["p6"] = p6(a.p6_dir, a.p6_magnitude_dir, a.p6_seconds) | where
+        res["p6"] = p6(a.p6_dir, a.p6_magnitude_dir, a.p6_seconds) | where | {"note": a.p6_note}
     RESULTS_JSON.write_text(json.dumps(res, indent=1))
     RESULTS_MD.write_text(write_markdown(res))
     print(RESULTS_MD.read_text())
